@@ -1,0 +1,228 @@
+"""Check and normalise every argument before any kernel runs: raise, never assert.
+
+Shape and dtype checks read only ``.shape``/``.dtype``, so they serve device arrays too.
+On any error nothing has been written: kernels run only after everything here has passed.
+"""
+
+import math
+
+import numpy as np
+
+from ._specs import CLASSES, CLASSES_OR_PROBS, ELEMENTS
+
+ENTRIES = ("loss", "grad", "loss_and_grad")
+
+
+def compute_dtype(x, name):
+    """float32/float64 stay; other real dtypes go to float64 as NumPy would (float16 to float32)."""
+    dtype = np.dtype(x.dtype)
+    if dtype == np.float32 or dtype == np.float64:
+        return dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    if dtype.kind in "biu" or dtype.kind == "f":
+        return np.dtype(np.float64)
+    raise TypeError(f"{name} must be a real (float or integer) array, got dtype {dtype}")
+
+
+def check_reduction(spec, reduction):
+    if reduction not in spec.reductions:
+        raise ValueError(f"{spec.name}: reduction must be one of {spec.reductions}, got {reduction!r}")
+
+
+def check_input_shape(spec, shape, name):
+    if spec.layout == ELEMENTS:
+        return
+    if len(shape) < 1:
+        raise ValueError(f"{spec.name}: {name} must have a class axis (last), got a 0-d array")
+    if shape[-1] < 1:
+        raise ValueError(f"{spec.name}: {name} must have at least one class, got shape {tuple(shape)}")
+
+
+def target_kind(spec, x_shape, target, target_name):
+    """'classes', 'probs' or 'values', after checking the target's dtype and shape."""
+    shape, kind = tuple(target.shape), np.dtype(target.dtype).kind
+    if spec.targets in (CLASSES, CLASSES_OR_PROBS) and kind in "iu":
+        if shape != tuple(x_shape[:-1]):
+            raise ValueError(
+                f"{spec.name}: {target_name} of class indices must have shape {tuple(x_shape[:-1])} "
+                f"(the input shape without its class axis), got {shape}")
+        return "classes"
+    if spec.targets == CLASSES:
+        raise TypeError(f"{spec.name}: {target_name} must be integer class indices, got dtype {target.dtype}")
+    if kind not in "biuf":
+        raise TypeError(f"{spec.name}: {target_name} must be a real array, got dtype {target.dtype}")
+    if spec.targets == CLASSES_OR_PROBS and kind != "f":
+        raise TypeError(f"{spec.name}: {target_name} must be integer class indices or float "
+                        f"probabilities, got dtype {target.dtype}")
+    if shape != tuple(x_shape):
+        raise ValueError(f"{spec.name}: {target_name} must have the input's shape {tuple(x_shape)}, got {shape}")
+    return "probs" if spec.targets == CLASSES_OR_PROBS else "values"
+
+
+# ---- options: one check per option name, returning the value the kernels take --------------
+
+def _real(spec, name, value, low=-math.inf, high=math.inf, low_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{spec.name}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (low < value if low_open else low <= value) or not value <= high:
+        bound = f"{'>' if low_open else '>='} {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ValueError(f"{spec.name}: {name} must be {bound}, got {value!r}")
+    return value
+
+
+def _flag(spec, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{spec.name}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _int(spec, name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{spec.name}: {name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _float_array(spec, name, value, dtype):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _class_weight(spec, name, value, x_shape, dtype):
+    w = _float_array(spec, name, value, dtype)
+    if w.shape != (x_shape[-1],):
+        raise ValueError(f"{spec.name}: {name} must have shape ({x_shape[-1]},) (one per class), got {w.shape}")
+    return w
+
+
+def _broadcast_weight(spec, name, value, x_shape, dtype, trailing):
+    """An array broadcast to the input's shape; with ``trailing``, only to its last axes
+    (kernels index it modulo its size, which broadcasts it over the leading axes)."""
+    w = _float_array(spec, name, value, dtype)
+    target = tuple(x_shape[len(x_shape) - w.ndim:]) if trailing and w.ndim <= len(x_shape) else tuple(x_shape)
+    try:
+        b = np.broadcast_to(w, target)
+    except ValueError:
+        raise ValueError(f"{spec.name}: {name} of shape {w.shape} does not broadcast to the input shape "
+                         f"{tuple(x_shape)}") from None
+    return np.ascontiguousarray(b).reshape(-1)
+
+
+def check_options(spec, options, x_shape, dtype):
+    """Fill defaults, reject unknown names and bad values, convert to what kernels take."""
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise TypeError(f"{spec.name}: unknown option(s) {sorted(unknown)}; it takes {sorted(spec.options)}")
+    opts = {**spec.options, **options}
+    out = {}
+    for name, value in opts.items():
+        if name in spec.choices:
+            if value not in spec.choices[name]:
+                raise ValueError(f"{spec.name}: {name} must be one of {spec.choices[name]}, got {value!r}")
+            out[name] = value
+        elif name in ("weight", "pos_weight"):
+            if value is None:
+                out[name] = None
+            elif spec.layout == ELEMENTS:
+                out[name] = _broadcast_weight(spec, name, value, x_shape, dtype, trailing=name == "pos_weight")
+            else:
+                out[name] = _class_weight(spec, name, value, x_shape, dtype)
+        elif name == "ignore_index":
+            out[name] = _int(spec, name, value)
+        elif name == "label_smoothing":
+            out[name] = _real(spec, name, value, 0.0, 1.0)
+        elif name == "z_loss":
+            out[name] = _real(spec, name, value, 0.0)
+        elif name == "delta":
+            out[name] = _real(spec, name, value, 0.0, low_open=True)
+        elif name == "margin":
+            out[name] = _real(spec, name, value, -math.inf)
+            if not math.isfinite(out[name]):
+                raise ValueError(f"{spec.name}: margin must be finite, got {value!r}")
+        elif name in ("squared", "log_target"):
+            out[name] = _flag(spec, name, value)
+        else:  # pragma: no cover - a spec option without a check is a bug in this file
+            raise AssertionError(f"no check for option {name!r}")
+    return out
+
+
+# ---- labels, grad_output, out ---------------------------------------------------------------
+
+def int64_labels(spec, labels, target_name):
+    """Class indices as C-contiguous int64, refusing values int64 cannot hold."""
+    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+        pos = int(np.argmax(labels > np.iinfo(np.int64).max))
+        raise_bad_label(spec, labels, pos, target_name)
+    return np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+
+
+def raise_bad_label(spec, labels, flat_pos, target_name, n_classes=None, ignore_index=None):
+    value = int(labels.reshape(-1)[flat_pos])
+    allowed = f" (must be in [0, {n_classes})" if n_classes is not None else " (out of range"
+    allowed += f" or equal ignore_index={ignore_index})" if ignore_index is not None else ")"
+    raise ValueError(f"{spec.name}: {target_name}{_position(labels, flat_pos)} = {value} "
+                     f"is not a valid class index{allowed}")
+
+
+def check_hinge_labels(spec, t, target_name):
+    ok = (t == 1) | (t == -1) | (t == 0) | np.isnan(t)
+    if not ok.all():
+        flat = int(np.argmin(ok.reshape(-1)))
+        raise ValueError(f"{spec.name}: {target_name}{_position(t, flat)} = {float(t.reshape(-1)[flat])} "
+                         f"is not a label in {{-1, +1}} or {{0, 1}}")
+
+
+def _position(a, flat):
+    """'[i, j]' for flat index ``flat`` of ``a`` ('' for a 0-d array)."""
+    return f"[{', '.join(str(int(i)) for i in np.unravel_index(flat, a.shape))}]" if a.ndim else ""
+
+
+def check_grad_output(spec, grad_output, reduction, item_shape):
+    """A float for reduction 'mean'/'sum'/scalar; a float64 array of the items for 'none'."""
+    g = np.asarray(grad_output)
+    if g.dtype.kind not in "biuf":
+        raise TypeError(f"{spec.name}: grad_output must be real, got dtype {g.dtype}")
+    if g.ndim == 0:
+        return float(g), None
+    if reduction != "none":
+        raise ValueError(f"{spec.name}: grad_output must be a scalar for reduction={reduction!r}, "
+                         f"got shape {g.shape}")
+    try:
+        g = np.broadcast_to(g, item_shape)
+    except ValueError:
+        raise ValueError(f"{spec.name}: grad_output of shape {g.shape} does not match the unreduced loss "
+                         f"shape {tuple(item_shape)}") from None
+    return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+
+
+def check_out(spec, out, shape, dtype, what, readonly_inputs=()):
+    """``out`` must be a writeable C-contiguous ndarray of ``shape``/``dtype`` that shares no
+    memory with a read-only input (targets, weights); it may be the logits array itself."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{spec.name}: out must be a NumPy array (it receives the {what}), got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{spec.name}: out must have dtype {dtype} (the {what}), got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{spec.name}: out must have shape {tuple(shape)} (the {what}), got {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
+    if not out.flags.writeable:
+        raise ValueError(f"{spec.name}: out is read-only")
+    for name, arr in readonly_inputs:
+        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+            raise ValueError(f"{spec.name}: out shares memory with {name}; it may alias only the input itself")
+    return out
+
+
+def check_backend_name(backend, known):
+    if not isinstance(backend, str) or backend not in known:
+        raise ValueError(f"backend must be one of {tuple(known)}, got {backend!r}")
+    return backend
+
+
+def size_of(shape):
+    return math.prod(shape) if shape else 1
+

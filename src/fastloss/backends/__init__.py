@@ -1,0 +1,68 @@
+"""Backends: every module here exports the same kernel names with the same signatures.
+
+The dispatch layer (``fastloss._dispatch``) has already validated and normalised every argument
+when a kernel runs, so kernels never check arguments; they only compute. The contract:
+
+Arrays
+    ``x`` is C-contiguous float32 or float64. Every other float array (targets, weights,
+    ``grad``, ``loss_out``) has the dtype of ``x`` and is C-contiguous, except ``gscale_arr``,
+    which is float64. ``labels`` is C-contiguous int64.
+
+Row losses (class axis last), ``x`` of shape ``(N, C)``::
+
+    softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
+                 grad, gscale, gscale_arr, loss_out, n_threads) -> float
+    softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
+                       grad, gscale, gscale_arr, loss_out, n_threads) -> float
+    multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
+                     grad, gscale, gscale_arr, loss_out, n_threads) -> float
+    label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight) -> (float, int)
+
+Elementwise losses, ``x`` flattened to shape ``(n,)``::
+
+    sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads)
+    huber(x, target, delta, grad, gscale, gscale_arr, loss_out, n_threads)
+    hinge(x, target, margin, squared, grad, gscale, gscale_arr, loss_out, n_threads)
+    mse(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
+    mae(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
+    kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
+
+Arguments common to every loss kernel
+    ``weight``      ``(C,)`` class weights (row losses), ``(n,)`` element weights (sigmoid_bce,
+                    already broadcast), or ``None``.
+    ``pos_weight``  ``(P,)`` or ``None``; element ``i`` uses ``pos_weight[i % P]`` (the last axis).
+    ``grad``        output of the shape of ``x``, or ``None`` for the loss alone. It may be ``x``
+                    itself (in place): a kernel reads everything it needs from a row/element
+                    before it writes that row/element's gradient.
+    ``gscale``      float: the gradient is d(item loss)/dx times ``gscale`` (``grad_output``
+                    divided by the mean's denominator) ...
+    ``gscale_arr``  ... times ``gscale_arr[i]`` for item ``i`` when not ``None`` (the per-item
+                    ``grad_output`` of ``reduction="none"``; float64, one value per row or
+                    element).
+    ``loss_out``    ``(N,)`` (row losses) or ``(n,)`` (elementwise), or ``None``: receives each
+                    item's loss, weights applied (``reduction="none"``).
+    ``n_threads``   CPU threads to use (1 = serial); backends without threads ignore it.
+    return          the sum of every item's (weighted) loss as a Python float, accumulated in
+                    float64 over fixed blocks of items and then over the blocks in order, so the
+                    result is bitwise identical for any thread count.
+
+Item losses (per row or element) are exactly the formulas of API.md; ``fastloss.reference``
+holds them in float64. ``label_weight_sum`` is the pre-pass over class labels: it returns the
+mean's denominator (the sum of ``weight[y]``, or the count, over rows whose label is not
+``ignore_index`` when ``has_ignore``) and the position of the first label outside ``[0, C)``
+that is not ignored, or -1. It writes nothing; the dispatch layer raises on a bad label before
+any loss kernel runs, so loss kernels may trust their labels.
+"""
+
+KERNEL_NAMES = (
+    "softmax_xent",
+    "softmax_xent_probs",
+    "multiclass_hinge",
+    "label_weight_sum",
+    "sigmoid_bce",
+    "huber",
+    "hinge",
+    "mse",
+    "mae",
+    "kl_div",
+)

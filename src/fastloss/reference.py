@@ -1,0 +1,173 @@
+"""Float64, obviously-correct formulas of every loss: the spec the tests hold each backend to.
+
+Written for clarity, not speed. For each loss, ``items(name, x, target, **options)`` returns
+
+* ``loss``  -- each item's loss (one per row for row losses, one per element otherwise),
+* ``grad``  -- d(item loss)/dx, same shape as ``x`` (item ``i`` only touches its own row/element),
+* ``denom`` -- what ``reduction="mean"`` divides by (PyTorch's rule for that loss).
+
+``loss(name, ...)`` and ``grad(name, ...)`` apply the reduction and ``grad_output``.
+Sub-gradients at kinks follow PyTorch: ``max(0, z)`` has slope 0 at ``z == 0``, ``|d|`` has
+slope 0 at ``d == 0``; Crammer-Singer's inner max goes to the first maximal class.
+"""
+
+import numpy as np
+
+__all__ = ["items", "loss", "grad", "LOSSES"]
+
+
+def _lse(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _times(a, b):
+    """a * b with 0 * inf = 0 (a term whose target mass is zero contributes nothing)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(a == 0, 0.0, a * b)
+
+
+def _softmax_xent(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0):
+    n_rows, n_classes = x[..., 0].size, x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    lse = _lse(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(x - lse[..., None])
+    if target.ndim == x.ndim:  # probabilities
+        t = (1 - label_smoothing) * target + label_smoothing / n_classes
+        row_w = np.sum(w * t, axis=-1)
+        loss = np.sum(_times(w * t, lse[..., None] - x), axis=-1) + _times(z_loss, row_w * lse**2)
+        g = p * row_w[..., None] - w * t + (2 * z_loss * row_w * lse)[..., None] * p
+        return loss, g, float(n_rows)
+    y = target
+    valid = y != ignore_index
+    yc = np.where(valid, y, 0)
+    onehot = np.eye(n_classes)[yc]
+    w_y = np.where(valid, w[yc], 0.0)
+    eps = label_smoothing
+    nll = lse - np.take_along_axis(x, yc[..., None], axis=-1)[..., 0]
+    smooth = np.sum(_times(w, lse[..., None] - x), axis=-1)
+    loss = (1 - eps) * w_y * nll + _times(eps / n_classes, np.where(valid, smooth, 0.0)) + _times(z_loss, w_y * lse**2)
+    g = ((1 - eps) * w_y)[..., None] * (p - onehot)
+    g = g + (eps / n_classes) * np.where(valid, 1.0, 0.0)[..., None] * (p * w.sum() - w)
+    g = g + (2 * z_loss * w_y * lse)[..., None] * p
+    loss = np.where(valid, loss, 0.0)
+    g = np.where(valid[..., None], g, 0.0)
+    return loss, g, float(np.sum(w_y))
+
+
+def _multiclass_hinge(x, y, weight=None, margin=1.0, squared=False, mode="weston_watkins"):
+    n_classes = x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    w_y = w[y]
+    s_y = np.take_along_axis(x, y[..., None], axis=-1)
+    onehot = np.eye(n_classes, dtype=bool)[y]
+    power = 2 if squared else 1
+    if mode == "weston_watkins":
+        z = np.where(onehot, -np.inf, margin - s_y + x)
+        h = np.maximum(z, 0.0)
+        loss = w_y * np.sum(h**power, axis=-1) / n_classes
+        dz = np.where(z > 0, power * h ** (power - 1), 0.0) * (w_y / n_classes)[..., None]
+        g = np.where(onehot, -np.sum(dz, axis=-1, keepdims=True), dz)
+    else:  # crammer_singer
+        others = np.where(onehot, -np.inf, x)
+        j = np.argmax(others, axis=-1)
+        z = margin + np.max(others, axis=-1) - s_y[..., 0] if n_classes > 1 else np.full(y.shape, -np.inf)
+        h = np.maximum(z, 0.0)
+        loss = w_y * h**power
+        dz = np.where(z > 0, power * h ** (power - 1), 0.0) * w_y
+        g = (np.eye(n_classes)[j] - onehot) * dz[..., None]
+    return loss, g, float(y.size)
+
+
+def _sigmoid_bce(x, t, weight=None, pos_weight=None):
+    w = 1.0 if weight is None else np.asarray(weight, np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, np.float64)
+    softplus_neg = np.logaddexp(0.0, -x)  # log(1 + exp(-x))
+    lw = 1 + (pw - 1) * t
+    loss = w * ((1 - t) * x + lw * softplus_neg)
+    sig = 1 / (1 + np.exp(-x))
+    g = w * (lw * sig - pw * t)
+    return loss, g * np.ones_like(x), float(x.size)
+
+
+def _huber(x, t, delta=1.0):
+    d = x - t
+    small = np.abs(d) <= delta
+    loss = np.where(small, 0.5 * d**2, delta * (np.abs(d) - 0.5 * delta))
+    return loss, np.clip(d, -delta, delta), float(x.size)
+
+
+def _hinge(x, t, margin=1.0, squared=False):
+    y = np.where(t > 0, 1.0, -1.0)
+    z = margin - y * x
+    h = np.maximum(z, 0.0)
+    if squared:
+        return h**2, -2 * h * y, float(x.size)
+    return h, np.where(z > 0, -y, 0.0), float(x.size)
+
+
+def _mse(x, t):
+    return (x - t) ** 2, 2 * (x - t), float(x.size)
+
+
+def _mae(x, t):
+    return np.abs(x - t), np.sign(x - t), float(x.size)
+
+
+def _kl_div(x, t, log_target=False):
+    if log_target:
+        return np.exp(t) * (t - x), -np.exp(t), float(x.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(t == 0, 0.0, t * (np.log(t) - x))
+    return loss, -t * np.ones_like(x), float(x.size)
+
+
+LOSSES = {
+    "softmax_xent": _softmax_xent,
+    "multiclass_hinge": _multiclass_hinge,
+    "sigmoid_bce": _sigmoid_bce,
+    "huber": _huber,
+    "hinge": _hinge,
+    "mse": _mse,
+    "mae": _mae,
+    "kl_div": _kl_div,
+}
+
+
+def items(name, x, target, **options):
+    """Per-item losses, their gradients and the mean's denominator, all in float64."""
+    x = np.asarray(x, np.float64)
+    target = np.asarray(target)
+    if target.dtype.kind == "f" or name != "softmax_xent" and name != "multiclass_hinge":
+        target = target.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return LOSSES[name](x, target, **options)
+
+
+def loss(name, x, target, reduction="mean", **options):
+    item_loss, _, denom = items(name, x, target, **options)
+    if reduction == "none":
+        return item_loss
+    total = np.sum(item_loss)
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        denom = float(np.shape(x)[0]) if np.ndim(x) else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(total) / denom
+
+
+def grad(name, x, target, reduction="mean", grad_output=1.0, **options):
+    item_loss, item_grad, denom = items(name, x, target, **options)
+    scale = np.asarray(grad_output, np.float64)
+    if reduction == "mean":
+        scale = scale / denom
+    elif reduction == "batchmean":
+        scale = scale / (float(np.shape(x)[0]) if np.ndim(x) else 1.0)
+    if item_loss.ndim < item_grad.ndim:  # row losses: one scale per row
+        scale = np.asarray(scale)[..., None] if np.ndim(scale) else scale
+    with np.errstate(invalid="ignore"):
+        return item_grad * scale

@@ -1,0 +1,140 @@
+"""Inputs and option cases for every loss, driven by the spec table.
+
+Random inputs use a fresh seed per test (printed in every failure message via ``seed``) and are
+never all zeros. ``OPTION_CASES`` lists, per loss, option sets that together exercise every
+option of the spec (``test_every_option_has_a_case`` enforces this).
+"""
+
+import numpy as np
+import pytest
+
+import fastloss
+from fastloss import reference
+from fastloss._dispatch import BackendUnavailable, get_backend
+from fastloss._specs import CLASSES, CLASSES_OR_PROBS, ROWS, SPECS
+
+CPU_BACKENDS = ("numpy", "cython", "numba")
+DTYPES = (np.float32, np.float64)
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+# option sets per loss; "probs": True asks for probability targets instead of class indices
+OPTION_CASES = {
+    "softmax_xent": [
+        {},
+        {"weight": "classes", "ignore_index": 1},
+        {"label_smoothing": 0.1, "z_loss": 1e-2},
+        {"weight": "classes", "label_smoothing": 0.2, "z_loss": 1e-3, "ignore_index": 0},
+        {"probs": True},
+        {"probs": True, "weight": "classes", "label_smoothing": 0.15, "z_loss": 1e-2},
+    ],
+    "sigmoid_bce": [
+        {},
+        {"weight": "elements"},
+        {"pos_weight": "last_axis"},
+        {"weight": "last_axis", "pos_weight": "last_axis"},
+    ],
+    "huber": [{}, {"delta": 0.3}, {"delta": 2.5}],
+    "hinge": [{}, {"margin": 0.5, "squared": True}, {"zero_one": True, "margin": 2.0}],
+    "multiclass_hinge": [
+        {},
+        {"squared": True, "weight": "classes"},
+        {"mode": "crammer_singer"},
+        {"mode": "crammer_singer", "squared": True, "weight": "classes", "margin": 0.5},
+    ],
+    "mse": [{}],
+    "mae": [{}],
+    "kl_div": [{}, {"log_target": True}],
+}
+TEST_ONLY_KEYS = ("probs", "zero_one")
+
+
+def seeded_rng():
+    seed = int(np.random.SeedSequence().entropy % (2**32))
+    return seed, np.random.default_rng(seed)
+
+
+def backend_or_skip(name):
+    try:
+        get_backend(name)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    return name
+
+
+def make_inputs(name, case, dtype, rng, shape=(5, 7)):
+    """(x, target, options) for loss ``name`` with option case ``case``: fresh, never all zeros."""
+    spec = SPECS[name]
+    x = (rng.standard_normal(shape) * 2.0).astype(dtype)
+    n_classes = shape[-1]
+    options = {}
+    for key, value in case.items():
+        if key in TEST_ONLY_KEYS:
+            continue
+        if value == "classes":
+            value = rng.uniform(0.2, 2.0, n_classes).astype(dtype)
+        elif value == "elements":
+            value = rng.uniform(0.2, 2.0, shape).astype(dtype)
+        elif value == "last_axis":
+            value = rng.uniform(0.2, 3.0, shape[-1]).astype(dtype)
+        options[key] = value
+    if spec.targets in (CLASSES, CLASSES_OR_PROBS) and not case.get("probs"):
+        target = rng.integers(0, n_classes, shape[:-1])
+        if "ignore_index" in options and target.size > 1:
+            target.reshape(-1)[rng.integers(0, target.size)] = options["ignore_index"]
+        elif spec.name == "softmax_xent" and target.size > 2:
+            target.reshape(-1)[0] = -100  # the default ignore_index
+    elif case.get("probs"):
+        target = rng.dirichlet(np.ones(n_classes), shape[:-1]).astype(dtype)
+    elif name == "hinge":
+        low = 0 if case.get("zero_one") else -1
+        target = rng.choice([low, 1], shape).astype(dtype)
+    elif name == "kl_div":
+        p = rng.dirichlet(np.ones(shape[-1]), shape[:-1])
+        target = (np.log(p) if options.get("log_target") else p).astype(dtype)
+        x = np.log(rng.dirichlet(np.ones(shape[-1]), shape[:-1])).astype(dtype)
+    elif name == "sigmoid_bce":
+        target = rng.uniform(0, 1, shape).astype(dtype)
+    else:
+        target = (rng.standard_normal(shape) * 2.0).astype(dtype)
+    return x, target, options
+
+
+def kink_distance(name, x, target, options):
+    """How far the inputs are from the loss's non-differentiable points (inf: none)."""
+    x = np.asarray(x, np.float64)
+    if name == "huber":
+        return np.min(np.abs(np.abs(x - target) - options.get("delta", 1.0)))
+    if name == "mae":
+        return np.min(np.abs(x - target))
+    if name == "hinge":
+        y = np.where(np.asarray(target) > 0, 1.0, -1.0)
+        return np.min(np.abs(options.get("margin", 1.0) - y * x))
+    if name == "multiclass_hinge":
+        s_y = np.take_along_axis(x, target[..., None], -1)
+        z = options.get("margin", 1.0) - s_y + x
+        onehot = np.eye(x.shape[-1], dtype=bool)[target]
+        dist = np.min(np.abs(np.where(onehot, np.inf, z)))
+        srt = np.sort(np.where(onehot, -np.inf, x), axis=-1)
+        return min(dist, np.min(srt[..., -1] - srt[..., -2])) if x.shape[-1] > 2 else dist
+    return np.inf
+
+
+def rel_err(actual, expected):
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    scale = np.linalg.norm(expected.ravel())
+    diff = np.linalg.norm((actual - expected).ravel())
+    return diff / scale if scale > 0 else diff
+
+
+def call(name, entry, x, target, **kwargs):
+    suffix = {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}[entry]
+    return getattr(fastloss, name + suffix)(x, target, **kwargs)
+
+
+def case_id(case):
+    return "-".join(f"{k}" if v is True else f"{k}={v}" for k, v in case.items()) or "defaults"
+
+
+ALL_CASES = [(name, case) for name, cases in OPTION_CASES.items() for case in cases]
+ROW_LOSSES = [n for n, s in SPECS.items() if s.layout == ROWS]

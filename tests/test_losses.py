@@ -1,0 +1,194 @@
+"""Every loss x option case x backend x dtype x reduction x entry point against fastloss.reference,
+plus finite differences, leading batch dims, out=, grad_output and the kinks."""
+
+import numpy as np
+import pytest
+
+from cases import (ALL_CASES, CPU_BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, backend_or_skip,
+                   call, case_id, kink_distance, make_inputs, rel_err, seeded_rng)
+from fastloss import reference
+from fastloss._specs import ROWS, SPECS
+
+ENTRIES = ("loss", "grad", "loss_and_grad")
+
+
+def test_every_option_has_a_case():
+    for name, spec in SPECS.items():
+        covered = {k for case in OPTION_CASES[name] for k in case if k not in TEST_ONLY_KEYS}
+        assert covered == set(spec.options), f"{name}: options without a test case: {set(spec.options) - covered}"
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_matches_reference(backend, name, case, dtype, reduction, entry):
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    shape = (3, 4, 6) if SPECS[name].layout == ROWS else (4, 5)
+    x, t, opts = make_inputs(name, case, dtype, rng, shape)
+    x_before, t_before = x.copy(), t.copy()
+    kwargs = dict(reduction=reduction, backend=backend, **opts)
+    tol = TOL[dtype] * 10  # the spec's tolerance, with room for the float64 reference's own rounding
+    grad_output = 1.0
+    if entry == "grad":
+        grad_output = rng.uniform(0.5, 2.0, np.shape(reference.loss(name, x, t, reduction, **opts))) \
+            if reduction == "none" else 1.7
+        kwargs["grad_output"] = grad_output
+    result = call(name, entry, x, t, **kwargs)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(t, t_before)
+    loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
+    if loss is not None:
+        expected = reference.loss(name, x, t, reduction, **opts)
+        assert np.asarray(loss).dtype == dtype and np.shape(loss) == np.shape(expected)
+        assert rel_err(loss, expected) <= tol, f"seed={seed} loss {loss} != {expected}"
+    if grad is not None:
+        expected = reference.grad(name, x, t, reduction, grad_output, **opts)
+        assert grad.dtype == dtype and grad.shape == x.shape
+        assert rel_err(grad, expected) <= tol, f"seed={seed} grad err {rel_err(grad, expected)}"
+
+
+@pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_matches_finite_differences(backend, name, case):
+    """4th-order central differences of the backend's own float64 loss, away from kinks."""
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    shape = (3, 5) if SPECS[name].layout == ROWS else (3, 4)
+    for _ in range(200):
+        x, t, opts = make_inputs(name, case, np.float64, rng, shape)
+        if kink_distance(name, x, t, {**SPECS[name].options, **opts}) > 1e-3:
+            break
+    grad = call(name, "grad", x, t, reduction="sum", backend=backend, **opts)
+    h = 1e-4
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        values = []
+        for step in (-2, -1, 1, 2):
+            xp = x.copy()
+            xp[i] += step * h
+            values.append(float(call(name, "loss", xp, t, reduction="sum", backend=backend, **opts)))
+        numeric[i] = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * h)
+    assert rel_err(grad, numeric) < 1e-7, f"seed={seed}"
+
+
+@pytest.mark.parametrize("name", list(OPTION_CASES))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_leading_batch_dims_and_1d(backend, name):
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    for shape in ((2, 3, 2, 5), (6,), (1, 1)):
+        x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float64, rng, shape)
+        loss, grad = call(name, "loss_and_grad", x, t, reduction="none", backend=backend, **opts)
+        assert rel_err(loss, reference.loss(name, x, t, "none", **opts)) < 1e-12, f"seed={seed} {shape}"
+        assert rel_err(grad, reference.grad(name, x, t, "none", **opts)) < 1e-12, f"seed={seed} {shape}"
+
+
+@pytest.mark.parametrize("name", list(OPTION_CASES))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_receives_gradient_and_may_be_the_input(backend, name):
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float32, rng, (4, 9))
+    expected_loss, expected_grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
+    out = np.full_like(x, 7.0)
+    loss, grad = call(name, "loss_and_grad", x, t, backend=backend, out=out, **opts)
+    assert grad is out and loss == expected_loss
+    np.testing.assert_array_equal(out, expected_grad)
+    x_inplace = x.copy()
+    loss, grad = call(name, "loss_and_grad", x_inplace, t, backend=backend, out=x_inplace, **opts)
+    assert grad is x_inplace and loss == expected_loss, f"seed={seed}"
+    np.testing.assert_array_equal(x_inplace, expected_grad)
+    none_out = np.empty(expected_grad.shape[:-1] if SPECS[name].layout == ROWS else x.shape, np.float32)
+    losses = call(name, "loss", x, t, backend=backend, reduction="none", out=none_out, **opts)
+    assert losses is none_out
+    np.testing.assert_allclose(none_out, call(name, "loss", x, t, backend=backend, reduction="none", **opts))
+
+
+@pytest.mark.parametrize("name", list(OPTION_CASES))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noncontiguous_readonly_and_integer_inputs(backend, name):
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    x, t, opts = make_inputs(name, OPTION_CASES[name][0], np.float64, rng, (6, 8))
+    expected = call(name, "loss_and_grad", x, t, backend=backend, reduction="none", **opts)
+    xf = np.asfortranarray(x)
+    xf.flags.writeable = False
+    strided = np.empty((12, 8))[::2]
+    strided[...] = x
+    for variant in (xf, strided):
+        loss, grad = call(name, "loss_and_grad", variant, t, backend=backend, reduction="none", **opts)
+        np.testing.assert_array_equal(loss, expected[0])
+        np.testing.assert_array_equal(grad, expected[1])
+    if SPECS[name].layout == ROWS:
+        t = np.where(t < 0, 1, t)  # unsigned dtypes cannot hold the default ignore_index
+        ref = call(name, "loss", x, t, backend=backend, reduction="sum", **opts)
+        for dtype in (np.int8, np.uint16, np.int32, np.uint64):
+            got = call(name, "loss", x, t.astype(dtype), backend=backend, reduction="sum", **opts)
+            assert got == ref, f"seed={seed} {dtype}"
+    ints = np.round(x * 3).astype(np.int64)
+    loss = call(name, "loss", ints, t, backend=backend, **opts)
+    assert np.asarray(loss).dtype == np.float64
+    assert rel_err(loss, reference.loss(name, ints, t, **opts)) < 1e-12
+
+
+@pytest.mark.parametrize("name", list(OPTION_CASES))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_batch(backend, name):
+    backend_or_skip(backend)
+    shape = (0, 4) if SPECS[name].layout == ROWS else (0,)
+    x = np.zeros(shape)
+    t = np.zeros(shape[:-1], np.int64) if SPECS[name].targets != "values" else np.zeros(shape)
+    assert np.isnan(call(name, "loss", x, t, backend=backend))
+    assert call(name, "loss", x, t, backend=backend, reduction="sum") == 0
+    assert call(name, "loss", x, t, backend=backend, reduction="none").shape == shape[:1]
+    assert call(name, "grad", x, t, backend=backend).shape == shape
+
+
+@pytest.mark.parametrize("name", list(OPTION_CASES))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_in_nan_out(backend, name):
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    x, t, opts = make_inputs(name, OPTION_CASES[name][0], np.float32, rng, (4, 6))
+    x[2, 3] = np.nan
+    losses = call(name, "loss", x, t, backend=backend, reduction="none", **opts)
+    bad = losses[2] if SPECS[name].layout == ROWS else losses[2, 3]
+    ignored = SPECS[name].name == "softmax_xent" and t[2] == -100
+    assert ignored or np.isnan(bad), f"seed={seed}"
+    assert ignored or np.isnan(call(name, "loss", x, t, backend=backend, **opts))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_softmax_xent_masks(backend):
+    backend_or_skip(backend)
+    x = np.array([[0.5, -np.inf, 2.0, -1.0], [-np.inf, 1.0, -np.inf, -np.inf], [1.0, 2.0, -np.inf, 0.0]])
+    y = np.array([0, 1, 2])
+    loss, grad = call("softmax_xent", "loss_and_grad", x, y, backend=backend, reduction="none")
+    ref_loss = reference.loss("softmax_xent", x, y, "none")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert loss[1] == 0 and loss[2] == np.inf
+    assert np.all(np.isfinite(grad)) and grad[0, 1] == 0
+    probs = np.array([[0.5, 0.0, 0.5, 0.0]])
+    assert np.isfinite(call("softmax_xent", "loss", x[:1], probs, backend=backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_kinks_use_pytorch_subgradients(backend):
+    backend_or_skip(backend)
+    d = np.array([[-1.0, 0.0, 1.0, 0.5]])
+    zero = np.zeros_like(d)
+    np.testing.assert_array_equal(call("mae", "grad", d, zero, backend=backend, reduction="sum"), [[-1, 0, 1, 1]])
+    np.testing.assert_array_equal(call("huber", "grad", d, zero, backend=backend, reduction="sum"), d)
+    y = np.array([[1.0, -1.0, 1.0, 0.0]])
+    s = np.array([[1.0, -1.0, 0.0, -1.0]])  # margin - y*s == 0 on the first two
+    np.testing.assert_array_equal(call("hinge", "grad", s, y, backend=backend, reduction="sum"), [[0, 0, -1, 0]])
+    scores = np.array([[1.0, 0.0, 0.5, 0.5]])
+    ww = call("multiclass_hinge", "grad", scores, np.array([0]), backend=backend, reduction="sum")
+    np.testing.assert_allclose(ww, reference.grad("multiclass_hinge", scores, np.array([0]), "sum"))
+    assert ww[0, 1] == 0  # margin - s_y + s_j == 0: slope 0
+    cs = call("multiclass_hinge", "grad", scores, np.array([0]), backend=backend, reduction="sum",
+              mode="crammer_singer")
+    np.testing.assert_array_equal(cs, [[-1, 0, 1, 0]])  # tie between classes 2 and 3: the first wins
