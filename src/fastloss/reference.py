@@ -17,10 +17,15 @@ __all__ = ["items", "loss", "grad", "LOSSES"]
 
 
 def _lse(x):
+    """log(sum(exp(x))) by max-subtraction, as PyTorch: a +inf logit gives NaN, all -inf gives -inf."""
     m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
+    m = np.where(m == -np.inf, 0.0, m)
+    with np.errstate(divide="ignore", invalid="ignore"):
         return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _onehot(y, n_classes):
+    return (np.arange(n_classes) == np.asarray(y)[..., None]).astype(np.float64)
 
 
 def _times(a, b):
@@ -44,7 +49,7 @@ def _softmax_xent(x, target, weight=None, ignore_index=-100, label_smoothing=0.0
     y = target
     valid = y != ignore_index
     yc = np.where(valid, y, 0)
-    onehot = np.eye(n_classes)[yc]
+    onehot = _onehot(yc, n_classes)
     w_y = np.where(valid, w[yc], 0.0)
     eps = label_smoothing
     nll = lse - np.take_along_axis(x, yc[..., None], axis=-1)[..., 0]
@@ -63,7 +68,7 @@ def _multiclass_hinge(x, y, weight=None, margin=1.0, squared=False, mode="weston
     w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
     w_y = w[y]
     s_y = np.take_along_axis(x, y[..., None], axis=-1)
-    onehot = np.eye(n_classes, dtype=bool)[y]
+    onehot = _onehot(y, n_classes).astype(bool)
     power = 2 if squared else 1
     if mode == "weston_watkins":
         z = np.where(onehot, -np.inf, margin - s_y + x)
@@ -78,7 +83,7 @@ def _multiclass_hinge(x, y, weight=None, margin=1.0, squared=False, mode="weston
         h = np.maximum(z, 0.0)
         loss = w_y * h**power
         dz = np.where(z > 0, power * h ** (power - 1), 0.0) * w_y
-        g = (np.eye(n_classes)[j] - onehot) * dz[..., None]
+        g = (_onehot(j, n_classes) - onehot) * dz[..., None]
     return loss, g, float(y.size)
 
 
@@ -163,11 +168,11 @@ def loss(name, x, target, reduction="mean", **options):
 def grad(name, x, target, reduction="mean", grad_output=1.0, **options):
     item_loss, item_grad, denom = items(name, x, target, **options)
     scale = np.asarray(grad_output, np.float64)
-    if reduction == "mean":
-        scale = scale / denom
-    elif reduction == "batchmean":
-        scale = scale / (float(np.shape(x)[0]) if np.ndim(x) else 1.0)
-    if item_loss.ndim < item_grad.ndim:  # row losses: one scale per row
-        scale = np.asarray(scale)[..., None] if np.ndim(scale) else scale
-    with np.errstate(invalid="ignore"):
-        return item_grad * scale
+    if reduction == "batchmean":
+        denom = float(np.shape(x)[0]) if np.ndim(x) else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if reduction in ("mean", "batchmean"):
+            scale = scale / denom
+        if item_loss.ndim < item_grad.ndim and scale.ndim:  # row losses: one scale per row
+            scale = scale[..., None]
+        return _times(item_grad, scale)  # a zero gradient stays zero, even over a zero denominator
