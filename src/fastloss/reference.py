@@ -16,12 +16,15 @@ import numpy as np
 __all__ = ["items", "loss", "grad", "LOSSES"]
 
 
-def _lse(x):
-    """log(sum(exp(x))) by max-subtraction, as PyTorch: a +inf logit gives NaN, all -inf gives -inf."""
+def _lse_softmax(x):
+    """log(sum(exp(x))) and softmax(x) by max-subtraction, as PyTorch: a +inf logit gives NaN,
+    all -inf gives lse = -inf. softmax is e / sum(e), so it stays exact when lse rounds."""
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(m == -np.inf, 0.0, m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        e = np.exp(x - m)
+        s = np.sum(e, axis=-1, keepdims=True)
+        return (m + np.log(s))[..., 0], e / s
 
 
 def _onehot(y, n_classes):
@@ -37,9 +40,7 @@ def _times(a, b):
 def _softmax_xent(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0):
     n_rows, n_classes = x[..., 0].size, x.shape[-1]
     w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
-    lse = _lse(x)
-    with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp(x - lse[..., None])
+    lse, p = _lse_softmax(x)
     if target.ndim == x.ndim:  # probabilities
         t = (1 - label_smoothing) * target + label_smoothing / n_classes
         row_w = np.sum(w * t, axis=-1)

@@ -1,0 +1,573 @@
+"""Scalar and row formulas of every loss as Numba ``@njit`` helpers, written once.
+
+These are the building blocks of ``fastloss.backends.numba_cpu`` and are meant to be called from
+users' own ``@njit`` code too (``fastloss.numba`` re-exports them). They are dtype-generic: a
+float32 row is computed with float32 vector arithmetic where that is exact enough and float64
+where it matters (the true-class term, the log-sum-exp, every returned loss).
+
+Conventions
+    * Row helpers take 1-D rows. ``g`` is the row's gradient output, or an *empty* array for the
+      loss alone; it may be the input row itself (every read happens before the first write).
+      The gradient written is d(row loss)/dx times ``gscale``. They return the row loss (float64).
+    * Item helpers (elementwise losses) return ``(loss, dloss/dx)`` as float64.
+    * Nothing here raises; NaN in gives NaN out. Sub-gradients at kinks follow PyTorch.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+from llvmlite import ir
+
+__all__ = [
+    "fexp",
+    "row_max",
+    "softmax_xent_row",
+    "softmax_xent_probs_row",
+    "multiclass_hinge_row",
+    "sigmoid_bce_item",
+    "huber_item",
+    "hinge_item",
+    "mse_item",
+    "mae_item",
+    "kl_div_item",
+]
+
+_F32 = np.float32
+_INLINE = "always"
+# No fast-math flags anywhere: with IEEE semantics kept, LLVM may not reorder a sum, so every
+# compilation of a helper (serial kernel, parallel kernel, inlined or not) rounds the same way
+# and results are bitwise identical for any thread count. Vectorised reductions are written
+# with explicit lanes instead, and fused multiply-adds are explicit (``_fma``).
+
+
+# --------------------------------------------------------------------------------------------
+# A vectorisable float32 exp (Numba has no SVML here, and libm's expf is a scalar call that
+# stops LLVM from vectorising the softmax loop). Cephes expf: x = n*ln2 + r, |r| <= ln2/2,
+# exp(r) by a degree-6 polynomial, 2**n built in the exponent bits. About 1.3 ulp; exact
+# specials: exp(-inf) = 0, exp(+inf) = inf, exp(nan) = nan; results below FLT_MIN flush to 0.
+# --------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _pow2i_f32(typingctx, nf):
+    """2.0**n for a float32 holding an integer n in [-126, 127] (built in the exponent bits)."""
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        i = builder.fptosi(args[0], i32)
+        i = builder.shl(builder.add(i, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(i, ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: vfmadd where the CPU has it, exact everywhere)."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        name = "llvm.fma.f32" if isinstance(t, ir.FloatType) else "llvm.fma.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), name)
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+_LOG2E = _F32(1.44269504088896341)
+_LN2_HI = _F32(0.693359375)
+_LN2_LO = _F32(-2.12194440e-4)
+_P0 = _F32(1.9875691500e-4)
+_P1 = _F32(1.3981999507e-3)
+_P2 = _F32(8.3334519073e-3)
+_P3 = _F32(4.1665795894e-2)
+_P4 = _F32(1.6666665459e-1)
+_P5 = _F32(5.0000001201e-1)
+_LO = _F32(-87.33654)  # ~ log(FLT_MIN)
+_HI = _F32(88.72283)  # ~ log(FLT_MAX)
+_HALF = _F32(0.5)
+_ONE = _F32(1.0)
+_ZERO = _F32(0.0)
+_INF = _F32(np.inf)
+
+
+@njit(inline=_INLINE)
+def _expf32(x):
+    """exp for float32, branch-free (selects only), any x."""
+    xc = x if x > _LO else _LO  # NaN -> _LO: keeps the int conversion defined
+    xc = xc if xc < _HI else _HI
+    n = np.floor(_fma(xc, _LOG2E, _HALF))
+    r = _fma(-n, _LN2_LO, _fma(-n, _LN2_HI, xc))
+    y = _fma(_fma(_fma(_fma(_fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
+    y = _fma(y, r * r, r) + _ONE
+    n1 = np.floor(n * _HALF)  # two factors so that n = 128 does not overflow the exponent
+    y = y * _pow2i_f32(n1) * _pow2i_f32(n - n1)
+    y = _ZERO if x < _LO else y
+    y = _INF if x > _HI else y
+    return x if x != x else y
+
+
+@njit(inline=_INLINE)
+def _expf32_nonpos(x):
+    """exp for float32 x <= 0, -inf or NaN (the softmax case): one scale factor fewer."""
+    xc = x if x > _LO else _LO
+    n = np.floor(_fma(xc, _LOG2E, _HALF))
+    r = _fma(-n, _LN2_LO, _fma(-n, _LN2_HI, xc))
+    y = _fma(_fma(_fma(_fma(_fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
+    y = _fma(y, r * r, r) + _ONE
+    y = y * _pow2i_f32(n)
+    y = _ZERO if x < _LO else y
+    return x if x != x else y
+
+
+def fexp(x):
+    """exp(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
+    return math.exp(x)
+
+
+@overload(fexp)
+def _ol_fexp(x):
+    if x == types.float32:
+        return lambda x: _expf32(x)
+    return lambda x: math.exp(x)
+
+
+def _exp_nonpos(x):
+    return math.exp(x)
+
+
+@overload(_exp_nonpos)
+def _ol_exp_nonpos(x):
+    if x == types.float32:
+        return lambda x: _expf32_nonpos(x)
+    return lambda x: math.exp(x)
+
+
+def _like(v, a):
+    """v converted to the dtype of array a."""
+    return a.dtype.type(v)
+
+
+@overload(_like)
+def _ol_like(v, a):
+    if a.dtype == types.float32:
+        return lambda v, a: np.float32(v)
+    return lambda v, a: np.float64(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Row pieces
+# --------------------------------------------------------------------------------------------
+
+
+@njit(inline=_INLINE)
+def row_max(x):
+    """max of a non-empty row; 16 independent lanes so the loop is not one long dependency chain.
+    (NaN may be skipped; callers get NaN from the sum of exponentials instead.)"""
+    n = x.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
+    m8 = m9 = m10 = m11 = m12 = m13 = m14 = m15 = x[0]
+    n16 = n - n % 16
+    for j in range(0, n16, 16):
+        v = x[j]
+        m0 = v if v > m0 else m0
+        v = x[j + 1]
+        m1 = v if v > m1 else m1
+        v = x[j + 2]
+        m2 = v if v > m2 else m2
+        v = x[j + 3]
+        m3 = v if v > m3 else m3
+        v = x[j + 4]
+        m4 = v if v > m4 else m4
+        v = x[j + 5]
+        m5 = v if v > m5 else m5
+        v = x[j + 6]
+        m6 = v if v > m6 else m6
+        v = x[j + 7]
+        m7 = v if v > m7 else m7
+        v = x[j + 8]
+        m8 = v if v > m8 else m8
+        v = x[j + 9]
+        m9 = v if v > m9 else m9
+        v = x[j + 10]
+        m10 = v if v > m10 else m10
+        v = x[j + 11]
+        m11 = v if v > m11 else m11
+        v = x[j + 12]
+        m12 = v if v > m12 else m12
+        v = x[j + 13]
+        m13 = v if v > m13 else m13
+        v = x[j + 14]
+        m14 = v if v > m14 else m14
+        v = x[j + 15]
+        m15 = v if v > m15 else m15
+    for j in range(n16, n):
+        v = x[j]
+        m0 = v if v > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m8 = m9 if m9 > m8 else m8
+    m10 = m11 if m11 > m10 else m10
+    m12 = m13 if m13 > m12 else m12
+    m14 = m15 if m15 > m14 else m14
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    m8 = m10 if m10 > m8 else m8
+    m12 = m14 if m14 > m12 else m12
+    m0 = m4 if m4 > m0 else m0
+    m8 = m12 if m12 > m8 else m8
+    return m8 if m8 > m0 else m0
+
+
+_CHUNK = 512  # float32 partial sums of at most this many terms, then added in float64
+
+
+@njit(inline=_INLINE)
+def _sum16(a, j0, j1):
+    """a[j0:j1] summed in a's precision over 16 fixed lanes (vectorisable, order fixed)."""
+    z = _like(0.0, a)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = z
+    n16 = j0 + (j1 - j0) - (j1 - j0) % 16
+    for j in range(j0, n16, 16):
+        s0 += a[j]
+        s1 += a[j + 1]
+        s2 += a[j + 2]
+        s3 += a[j + 3]
+        s4 += a[j + 4]
+        s5 += a[j + 5]
+        s6 += a[j + 6]
+        s7 += a[j + 7]
+        s8 += a[j + 8]
+        s9 += a[j + 9]
+        s10 += a[j + 10]
+        s11 += a[j + 11]
+        s12 += a[j + 12]
+        s13 += a[j + 13]
+        s14 += a[j + 14]
+        s15 += a[j + 15]
+    for j in range(n16, j1):
+        s0 += a[j]
+    s0 += s8
+    s1 += s9
+    s2 += s10
+    s3 += s11
+    s4 += s12
+    s5 += s13
+    s6 += s14
+    s7 += s15
+    s0 += s4
+    s1 += s5
+    s2 += s6
+    s3 += s7
+    return np.float64((s0 + s2) + (s1 + s3))
+
+
+@njit(inline=_INLINE)
+def _exp_into(src, dst, j0, j1, shift, finite):
+    """dst[j] = exp(src[j] - shift) for j0 <= j < j1 (unsigned indices: no wraparound test,
+    so LLVM vectorises; src may be dst)."""
+    if finite:
+        for jj in range(j0, j1):
+            j = np.uint64(jj)
+            dst[j] = _exp_nonpos(src[j] - shift)
+    else:
+        for jj in range(j0, j1):
+            j = np.uint64(jj)
+            dst[j] = fexp(src[j] - shift)
+
+
+@njit(inline=_INLINE)
+def _exp_shift_sum(x, shift, g, write_g, finite):
+    """sum_j exp(x_j - shift) in float64 (float32 lanes per chunk), storing each term in g if
+    write_g. The terms are stored first, then summed back from cache, so the exp loop has no
+    reduction and vectorises without fast-math. g may be x."""
+    n = x.shape[0]
+    s = 0.0
+    if write_g:
+        alias = x.ctypes.data == g.ctypes.data
+        for j0 in range(0, n, _CHUNK):
+            j1 = min(j0 + _CHUNK, n)
+            if alias:  # one array: LLVM's overlap check would otherwise pick the scalar loop
+                _exp_into(g, g, j0, j1, shift, finite)
+            else:
+                _exp_into(x, g, j0, j1, shift, finite)
+            s += _sum16(g, j0, j1)
+    elif n > 64:
+        buf = np.empty(min(n, _CHUNK), x.dtype)
+        for j0 in range(0, n, _CHUNK):
+            j1 = min(j0 + _CHUNK, n)
+            _exp_into(x[j0:j1], buf, 0, j1 - j0, shift, finite)
+            s += _sum16(buf, 0, j1 - j0)
+    else:
+        z = _like(0.0, x)
+        n4 = n - n % 4
+        c0 = c1 = c2 = c3 = z
+        for j in range(0, n4, 4):
+            c0 += fexp(x[j] - shift)
+            c1 += fexp(x[j + 1] - shift)
+            c2 += fexp(x[j + 2] - shift)
+            c3 += fexp(x[j + 3] - shift)
+        for j in range(n4, n):
+            c0 += fexp(x[j] - shift)
+        s = np.float64((c0 + c1) + (c2 + c3))
+    return s
+
+
+@njit(inline=_INLINE)
+def _wx(x, w, j, has_w):
+    """w_j x_j in float64 (x_j alone without weights); 0 where w_j == 0, even if x_j = -inf."""
+    if has_w:
+        wj = np.float64(w[j])
+        return wj * np.float64(x[j]) if wj != 0.0 else 0.0
+    return np.float64(x[j])
+
+
+@njit(inline=_INLINE)
+def _weighted_row_sum(x, w, has_w):
+    """sum_j w_j x_j in float64 over 4 fixed lanes."""
+    n = x.shape[0]
+    n4 = n - n % 4
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(0, n4, 4):
+        s0 += _wx(x, w, j, has_w)
+        s1 += _wx(x, w, j + 1, has_w)
+        s2 += _wx(x, w, j + 2, has_w)
+        s3 += _wx(x, w, j + 3, has_w)
+    for j in range(n4, n):
+        s0 += _wx(x, w, j, has_w)
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(inline=_INLINE)
+def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
+    """Cross-entropy of one row of logits ``x`` (C,) with class ``y`` (0 <= y < C).
+
+    ``w``: class weights (C,) or empty; ``w_sum``: their sum (C without weights); ``eps``:
+    label smoothing; ``z``: z-loss coefficient. Returns
+    (1-eps) w_y (lse - x_y) + eps/C sum_c w_c (lse - x_c) + z w_y lse**2 and, when ``g`` is
+    non-empty, writes gscale * [p_j ((1-eps) w_y + eps W/C + 2 z w_y lse) - (1-eps) w_y [j==y]
+    - eps w_j/C] into it (``g`` may be ``x``). -inf logits are masks (p = 0)."""
+    n = x.shape[0]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    # --- read everything first (g may alias x)
+    m = row_max(x)
+    xy = np.float64(x[y])
+    wy = np.float64(w[y]) if has_w else 1.0
+    sx = _weighted_row_sum(x, w, has_w) if eps != 0.0 else 0.0
+    finite = abs(m) < np.inf
+    shift = m if finite else _like(0.0, x)
+    s = _exp_shift_sum(x, shift, g, write_g, finite)
+    lse = np.float64(shift) + math.log(s)
+    inv_c = 1.0 / n
+    loss = (1.0 - eps) * wy * (lse - xy)
+    if eps != 0.0:
+        loss += eps * inv_c * (w_sum * lse - sx)
+    if z != 0.0:
+        loss += z * wy * lse * lse
+    if write_g:
+        coef = (1.0 - eps) * wy + eps * w_sum * inv_c
+        if z != 0.0:
+            coef += 2.0 * z * wy * lse
+        a = gscale * coef / s
+        ey = np.float64(g[y])
+        af = _like(a, x)
+        c = gscale * eps * inv_c
+        if eps != 0.0:
+            cf = _like(c, x)
+            if has_w:
+                for j in range(n):
+                    g[j] = g[j] * af - cf * w[j]
+            else:
+                for j in range(n):
+                    g[j] = g[j] * af - cf
+        else:
+            for j in range(n):
+                g[j] = g[j] * af
+        # the true class in float64, folded before rounding
+        g[y] = ey * a - c * wy - gscale * (1.0 - eps) * wy
+    return loss
+
+
+@njit(inline=_INLINE)
+def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
+    """Cross-entropy of one row of logits ``x`` (C,) with target probabilities ``t`` (C,).
+
+    t' = (1-eps) t + eps/C, r = sum_c w_c t'_c; returns sum_c w_c t'_c (lse - x_c) (a term with
+    w_c t'_c == 0 counts 0, even where x_c = -inf) + z r lse**2 and, when ``g`` is non-empty,
+    writes gscale * [p_j (r + 2 z r lse) - w_j t'_j] into it (``g`` may be ``x``)."""
+    n = x.shape[0]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    inv_c = 1.0 / n
+    keep = 1.0 - eps
+    add = eps * inv_c
+    m = row_max(x)
+    r = 0.0
+    q = 0.0
+    for j in range(n):
+        tj = keep * np.float64(t[j]) + add
+        if has_w:
+            tj *= np.float64(w[j])
+        r += tj
+        q += tj * np.float64(x[j]) if tj != 0.0 else 0.0
+    finite = abs(m) < np.inf
+    shift = m if finite else _like(0.0, x)
+    s = _exp_shift_sum(x, shift, g, write_g, finite)
+    lse = np.float64(shift) + math.log(s)
+    loss = r * lse - q
+    if z != 0.0:
+        loss += z * r * lse * lse
+    if write_g:
+        coef = r
+        if z != 0.0:
+            coef += 2.0 * z * r * lse
+        a = gscale * coef / s
+        for j in range(n):
+            tj = keep * np.float64(t[j]) + add
+            if has_w:
+                tj *= np.float64(w[j])
+            g[j] = np.float64(g[j]) * a - gscale * tj
+    return loss
+
+
+@njit(inline=_INLINE)
+def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
+    """Multiclass hinge of one row of scores ``x`` (C,) with class ``y`` (0 <= y < C).
+
+    Weston-Watkins (PyTorch multi_margin_loss): w_y/C sum_{j!=y} max(0, margin - x_y + x_j)**p;
+    Crammer-Singer: w_y max(0, margin + max_{j!=y} x_j - x_y)**p, the gradient going to the
+    first maximal j. p = 2 if ``squared`` else 1; slope 0 where the hinge argument is 0."""
+    n = x.shape[0]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    wy = np.float64(w[y]) if has_w else 1.0
+    xy = np.float64(x[y])
+    if not crammer_singer:
+        f = wy / n
+        loss = 0.0
+        dsum = 0.0
+        for j in range(n):
+            zj = margin - xy + np.float64(x[j])
+            h = zj if not zj <= 0.0 else 0.0  # NaN stays NaN
+            d = 0.0
+            if j != y:
+                if squared:
+                    loss += h * h
+                    d = 2.0 * h * f * gscale if zj > 0.0 else 0.0
+                else:
+                    loss += h
+                    d = f * gscale if zj > 0.0 else 0.0
+                dsum += d
+            if write_g:
+                g[j] = d
+        if write_g:
+            g[y] = -dsum
+        return loss * f
+    best = -np.inf
+    jb = -1
+    nan = False
+    for j in range(n):
+        v = np.float64(x[j])
+        if j != y:
+            if v > best:
+                best = v
+                jb = j
+            nan = nan or v != v
+    zz = margin + best - xy if not nan else np.nan
+    h = zz if not zz <= 0.0 else 0.0
+    if squared:
+        loss = wy * h * h
+        d = 2.0 * h * wy * gscale if zz > 0.0 else 0.0
+    else:
+        loss = wy * h
+        d = wy * gscale if zz > 0.0 else 0.0
+    if write_g:
+        for j in range(n):
+            g[j] = 0.0
+        if jb >= 0:
+            g[jb] = d
+            g[y] = -d
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise items: (loss, dloss/dx) in float64
+# --------------------------------------------------------------------------------------------
+
+
+@njit(inline=_INLINE)
+def sigmoid_bce_item(x, t, w, pw):
+    """w * [(1-t) x + (1 + (pw-1) t) log(1 + exp(-x))], PyTorch's BCE-with-logits, stable for
+    any x (no cancellation between large terms: log(1+exp(-x)) = -x + log1p(exp(x)) for x < 0)."""
+    x = np.float64(x)
+    t = np.float64(t)
+    lw = 1.0 + (pw - 1.0) * t
+    if x >= 0.0:
+        e = math.exp(-x)
+        loss = (1.0 - t) * x + lw * math.log1p(e)
+        sig = 1.0 / (1.0 + e)
+    else:
+        e = math.exp(x)  # NaN lands here: NaN out
+        loss = -pw * t * x + lw * math.log1p(e)
+        sig = e / (1.0 + e)
+    return w * loss, w * (lw * sig - pw * t)
+
+
+@njit(inline=_INLINE)
+def huber_item(x, t, delta):
+    """0.5 d**2 if |d| <= delta else delta (|d| - delta/2), d = x - t; gradient clip(d)."""
+    d = np.float64(x) - np.float64(t)
+    ad = abs(d)
+    loss = 0.5 * d * d if ad <= delta else delta * (ad - 0.5 * delta)
+    gr = delta if d > delta else (-delta if d < -delta else d)
+    return loss, gr
+
+
+@njit(inline=_INLINE)
+def hinge_item(x, t, margin, squared):
+    """max(0, margin - y x), y = +1 if t > 0 else -1; squared if asked; slope 0 at the kink."""
+    y = 1.0 if t > 0 else -1.0
+    zz = margin - y * np.float64(x)
+    h = zz if not zz <= 0.0 else 0.0
+    if squared:
+        return h * h, -2.0 * h * y
+    return h, (-y if zz > 0.0 else 0.0)
+
+
+@njit(inline=_INLINE)
+def mse_item(x, t):
+    """(x - t)**2."""
+    d = np.float64(x) - np.float64(t)
+    return d * d, 2.0 * d
+
+
+@njit(inline=_INLINE)
+def mae_item(x, t):
+    """|x - t|; gradient sign(x - t) with sign(0) = 0."""
+    d = np.float64(x) - np.float64(t)
+    s = 1.0 if d > 0.0 else (-1.0 if d < 0.0 else d * 0.0)
+    return abs(d), s
+
+
+@njit(inline=_INLINE)
+def kl_div_item(x, t, log_target):
+    """PyTorch kl_div: t (log t - x) (0 where t == 0), or exp(t) (t - x) with log_target."""
+    x = np.float64(x)
+    t = np.float64(t)
+    if log_target:
+        et = math.exp(t)
+        return et * (t - x), -et
+    if t == 0.0:
+        return 0.0, -t
+    return t * (math.log(t) - x) if t > 0.0 else np.nan, -t
