@@ -123,9 +123,11 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
         t_flat = labels
         denom = label_denom if spec.label_weighted_mean else float(n_items)
     else:
-        if spec.name == "hinge":
-            v.check_hinge_labels(spec, target, spec.target_name)
         t_flat = np.ascontiguousarray(target, dtype=dtype).reshape(x_flat.shape)
+        if spec.name == "hinge":
+            bad = kernels.binary_label_check(t_flat)
+            if bad >= 0:
+                v.raise_bad_binary_label(spec, t_flat.reshape(target.shape), bad, spec.target_name)
         denom = float(n_items)
     if reduction == "batchmean":
         denom = float(x.shape[0]) if x.ndim else 1.0

@@ -167,12 +167,9 @@ def raise_bad_label(spec, labels, flat_pos, target_name, n_classes=None, ignore_
                      f"is not a valid class index{allowed}")
 
 
-def check_hinge_labels(spec, t, target_name):
-    ok = (t == 1) | (t == -1) | (t == 0) | np.isnan(t)
-    if not ok.all():
-        flat = int(np.argmin(ok.reshape(-1)))
-        raise ValueError(f"{spec.name}: {target_name}{_position(t, flat)} = {float(t.reshape(-1)[flat])} "
-                         f"is not a label in {{-1, +1}} or {{0, 1}}")
+def raise_bad_binary_label(spec, labels, flat_pos, target_name):
+    raise ValueError(f"{spec.name}: {target_name}{_position(labels, flat_pos)} = "
+                     f"{float(labels.reshape(-1)[flat_pos])} is not a label in {{-1, +1}} or {{0, 1}}")
 
 
 def _position(a, flat):

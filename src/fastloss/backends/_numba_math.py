@@ -366,7 +366,7 @@ def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
     wy = np.float64(w[y]) if has_w else 1.0
     sx = _weighted_row_sum(x, w, has_w) if eps != 0.0 else 0.0
     finite = abs(m) < np.inf
-    shift = m if finite else _like(0.0, x)
+    shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
     s = _exp_shift_sum(x, shift, g, write_g, finite)
     lse = np.float64(shift) + math.log(s)
     inv_c = 1.0 / n
@@ -422,7 +422,7 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
         r += tj
         q += tj * np.float64(x[j]) if tj != 0.0 else 0.0
     finite = abs(m) < np.inf
-    shift = m if finite else _like(0.0, x)
+    shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
     s = _exp_shift_sum(x, shift, g, write_g, finite)
     lse = np.float64(shift) + math.log(s)
     loss = r * lse - q
@@ -519,7 +519,7 @@ def sigmoid_bce_item(x, t, w, pw):
         sig = 1.0 / (1.0 + e)
     else:
         e = math.exp(x)  # NaN lands here: NaN out
-        loss = -pw * t * x + lw * math.log1p(e)
+        loss = (1.0 - t) * x + lw * (math.log1p(e) - x)  # NaN at x = -inf, as PyTorch
         sig = e / (1.0 + e)
     return w * loss, w * (lw * sig - pw * t)
 

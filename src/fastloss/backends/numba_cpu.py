@@ -329,6 +329,20 @@ def _label_weight_sum(labels, n_classes, ignore_index, has_ignore, w):
     return float(count), -1
 
 
+@njit(**_OPTS)
+def _binary_label_check(t):
+    for i in range(t.shape[0]):
+        v = t[i]
+        if v != 1 and v != -1 and v != 0 and v == v:
+            return i
+    return -1
+
+
+def binary_label_check(target):
+    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
+    return int(_binary_label_check(target))
+
+
 def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
     w = _E64 if weight is None else weight
     denom, bad = _label_weight_sum(labels, int(n_classes), int(ignore_index), bool(has_ignore), w)

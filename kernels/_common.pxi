@@ -1,0 +1,123 @@
+# Shared pieces of every kernel: the C row primitives (_simd.h), pointer helpers and the
+# deterministic blocking of items.
+
+cdef extern from "_simd.h" nogil:
+    float fl_expf(float x)
+    double fl_exp(double x)
+    float fl_row_max_f(const float* x, Py_ssize_t n)
+    double fl_row_max_d(const double* x, Py_ssize_t n)
+    double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift)
+    double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift)
+    void fl_row_scale_f(float* g, Py_ssize_t n, float k)
+    void fl_row_scale_d(double* g, Py_ssize_t n, double k)
+    void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
+    void fl_row_scale_sub_d(double* g, Py_ssize_t n, double k, const double* w, double k2)
+    double fl_row_sum_f(const float* x, Py_ssize_t n)
+    double fl_row_sum_d(const double* x, Py_ssize_t n)
+    double fl_row_dot_f(const float* w, const float* x, Py_ssize_t n)
+    double fl_row_dot_d(const double* w, const double* x, Py_ssize_t n)
+    int FL_HAVE_OPENMP
+    const char* FL_ISA_NAME
+    int fl_cpu_has_avx2_fma()
+    int fl_cpu_has_avx512()
+
+
+# ---- fused front-ends of the C row primitives ---------------------------------------------------
+
+cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fl_row_max_f(x, n)
+    else:
+        return fl_row_max_d(x, n)
+
+
+cdef inline double row_expsum(const floating* x, floating* g, Py_ssize_t n, floating shift) noexcept nogil:
+    """sum_j exp(x_j - shift) in double; exps stored to g when g != NULL (g may be x)."""
+    if floating is float:
+        return fl_row_expsum_f(x, g, n, shift)
+    else:
+        return fl_row_expsum_d(x, g, n, shift)
+
+
+cdef inline void row_scale_sub(floating* g, Py_ssize_t n, double k, const floating* w, double k2) noexcept nogil:
+    """g_j = g_j k - w_j k2 (w NULL: - k2; k2 == 0: g_j k)."""
+    if k2 == 0:
+        if floating is float:
+            fl_row_scale_f(g, n, <float>k)
+        else:
+            fl_row_scale_d(g, n, k)
+    elif floating is float:
+        fl_row_scale_sub_f(g, n, <float>k, w, <float>k2)
+    else:
+        fl_row_scale_sub_d(g, n, k, w, k2)
+
+
+cdef inline double row_wdot(const floating* w, const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum_j w_j x_j (w NULL: sum_j x_j) in double; terms with w_j == 0 are 0."""
+    if w == NULL:
+        if floating is float:
+            return fl_row_sum_f(x, n)
+        else:
+            return fl_row_sum_d(x, n)
+    if floating is float:
+        return fl_row_dot_f(w, x, n)
+    else:
+        return fl_row_dot_d(w, x, n)
+
+
+cdef inline void row_fill(floating* g, Py_ssize_t n, double v) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating fv = <floating>v
+    for j in range(n):
+        g[j] = fv
+
+
+# ---- blocks: the partition of items that makes sums independent of the thread count ------------
+
+cdef enum:
+    MAX_BLOCKS = 256   # items are cut into min(n_items, MAX_BLOCKS) equal blocks
+
+
+cdef inline Py_ssize_t n_blocks_for(Py_ssize_t n_items) noexcept nogil:
+    return n_items if n_items < MAX_BLOCKS else MAX_BLOCKS
+
+
+cdef inline Py_ssize_t block_start(Py_ssize_t b, Py_ssize_t nb, Py_ssize_t n_items) noexcept nogil:
+    return <Py_ssize_t>((<long long>b * n_items) // nb)
+
+
+cdef inline double sum_blocks(const double* sums, Py_ssize_t nb) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t b
+    for b in range(nb):
+        total += sums[b]
+    return total
+
+
+cdef inline int clamp_threads(object n_threads) except -1:
+    cdef long n = 1 if n_threads is None else int(n_threads)
+    return <int>(n if n > 1 else 1)
+
+
+# ---- argument helpers (Python level, run with the GIL before the kernels) ------------------------
+
+cdef inline bint is_f32(object x) except -1:
+    cdef str ch = x.dtype.char
+    if ch == 'f':
+        return True
+    if ch == 'd':
+        return False
+    raise TypeError(f"fastloss._kernels: expected float32 or float64 arrays, got dtype {x.dtype}")
+
+
+cdef inline object flat(object a):
+    """a 1-D view of a C-contiguous array (labels, loss_out and gscale_arr may carry the batch shape)."""
+    if a is None or a.ndim == 1:
+        return a
+    return a.reshape(-1)
+
+
+cdef inline object rows2d(object a, Py_ssize_t n, Py_ssize_t c):
+    if a is None or a.ndim == 2:
+        return a
+    return a.reshape(n, c)

@@ -1,0 +1,181 @@
+# The elementwise losses share one driver: a block function that runs one loss's item formula
+# (from fastloss/formulas.pxd) over a range of elements, with the loop written once per loss.
+# Items are computed in double (float32 inputs are widened exactly), the gradient is rounded once.
+
+cdef enum EwKind:
+    EW_SIGMOID_BCE
+    EW_HUBER
+    EW_HINGE
+    EW_MSE
+    EW_MAE
+    EW_KL_DIV
+
+
+cdef struct EwParams:
+    double a          # huber: delta; hinge: margin
+    bint flag         # hinge: squared; kl_div: log_target
+    Py_ssize_t n_pw   # sigmoid_bce: length of pos_weight (0: none)
+
+
+cdef inline void _ew_store(Py_ssize_t i, double l, double gi, floating* g, double gscale,
+                           const double* gsa, floating* lo) noexcept nogil:
+    if g != NULL:
+        g[i] = <floating>(gi * (gscale * gsa[i] if gsa != NULL else gscale))
+    if lo != NULL:
+        lo[i] = <floating>l
+
+
+cdef double _ew_block(EwKind kind, const floating* x, const floating* t, const floating* w,
+                      const floating* pw, EwParams prm, Py_ssize_t start, Py_ssize_t stop,
+                      floating* g, double gscale, const double* gsa, floating* lo) noexcept nogil:
+    cdef Py_ssize_t i, k
+    cdef double acc = 0.0, l, gi
+    if kind == EW_SIGMOID_BCE:
+        k = start % prm.n_pw if prm.n_pw > 0 else 0
+        for i in range(start, stop):
+            l = sigmoid_bce_item(x[i], t[i], w[i] if w != NULL else 1.0,
+                                 pw[k] if pw != NULL else 1.0, &gi)
+            if pw != NULL:
+                k += 1
+                if k == prm.n_pw:
+                    k = 0
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    elif kind == EW_HUBER:
+        for i in range(start, stop):
+            l = huber_item(<double>x[i] - <double>t[i], prm.a, &gi)
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    elif kind == EW_HINGE:
+        for i in range(start, stop):
+            l = hinge_item(x[i], t[i], prm.a, prm.flag, &gi)
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    elif kind == EW_MSE:
+        for i in range(start, stop):
+            l = mse_item(<double>x[i] - <double>t[i], &gi)
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    elif kind == EW_MAE:
+        for i in range(start, stop):
+            l = mae_item(<double>x[i] - <double>t[i], &gi)
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    else:
+        for i in range(start, stop):
+            l = kl_div_item(x[i], t[i], prm.flag, &gi)
+            _ew_store(i, l, gi, g, gscale, gsa, lo)
+            acc += l
+    return acc
+
+
+cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1] t,
+                         const floating[::1] weight, const floating[::1] pos_weight, EwParams prm,
+                         floating[::1] grad, double gscale, const double[::1] gscale_arr,
+                         floating[::1] loss_out, int n_threads) except? -1:
+    cdef Py_ssize_t n = x.shape[0], nb, b
+    cdef double sums[MAX_BLOCKS]
+    cdef const floating* xp
+    cdef const floating* tp
+    cdef const floating* wp = NULL
+    cdef const floating* pwp = NULL
+    cdef floating* gp = NULL
+    cdef floating* lp = NULL
+    cdef const double* gsa = NULL
+    if t.shape[0] != n:
+        raise ValueError(f"elementwise loss: {t.shape[0]} targets for {n} inputs")
+    if weight is not None and weight.shape[0] != n:
+        raise ValueError(f"elementwise loss: {weight.shape[0]} weights for {n} inputs")
+    if grad is not None and grad.shape[0] != n:
+        raise ValueError(f"elementwise loss: grad of {grad.shape[0]} for {n} inputs")
+    if loss_out is not None and loss_out.shape[0] != n:
+        raise ValueError(f"elementwise loss: loss_out of {loss_out.shape[0]} for {n} inputs")
+    if gscale_arr is not None and gscale_arr.shape[0] != n:
+        raise ValueError(f"elementwise loss: gscale_arr of {gscale_arr.shape[0]} for {n} inputs")
+    if n == 0:
+        return 0.0
+    xp = &x[0]
+    tp = &t[0]
+    if weight is not None:
+        wp = &weight[0]
+    prm.n_pw = 0
+    if pos_weight is not None and pos_weight.shape[0] > 0:
+        pwp = &pos_weight[0]
+        prm.n_pw = pos_weight.shape[0]
+    if grad is not None:
+        gp = &grad[0]
+    if loss_out is not None:
+        lp = &loss_out[0]
+    if gscale_arr is not None:
+        gsa = &gscale_arr[0]
+    nb = n_blocks_for(n)
+    with nogil:
+        for b in prange(nb, schedule='static', num_threads=n_threads):
+            sums[b] = _ew_block(kind, xp, tp, wp, pwp, prm, block_start(b, nb, n),
+                                block_start(b + 1, nb, n), gp, gscale, gsa, lp)
+    return sum_blocks(sums, nb)
+
+
+cdef object _run_elementwise(EwKind kind, x, target, weight, pos_weight, double a, bint flag,
+                             grad, gscale, gscale_arr, loss_out, n_threads):
+    cdef EwParams prm
+    prm.a = a
+    prm.flag = flag
+    prm.n_pw = 0
+    x, target, weight, pos_weight = flat(x), flat(target), flat(weight), flat(pos_weight)
+    grad, gscale_arr, loss_out = flat(grad), flat(gscale_arr), flat(loss_out)
+    nt = clamp_threads(n_threads)
+    if is_f32(x):
+        return _elementwise[float](kind, x, target, weight, pos_weight, prm, grad, gscale,
+                                   gscale_arr, loss_out, nt)
+    return _elementwise[double](kind, x, target, weight, pos_weight, prm, grad, gscale,
+                                gscale_arr, loss_out, nt)
+
+
+def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Binary cross-entropy with logits (stable); see fastloss.backends."""
+    return _run_elementwise(EW_SIGMOID_BCE, x, target, weight, pos_weight, 0.0, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def huber(x, target, delta, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Huber loss; see fastloss.backends."""
+    return _run_elementwise(EW_HUBER, x, target, None, None, delta, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def hinge(x, target, margin, squared, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Binary hinge (squared on request); see fastloss.backends."""
+    return _run_elementwise(EW_HINGE, x, target, None, None, margin, bool(squared),
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def mse(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Squared error; see fastloss.backends."""
+    return _run_elementwise(EW_MSE, x, target, None, None, 0.0, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def mae(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Absolute error; see fastloss.backends."""
+    return _run_elementwise(EW_MAE, x, target, None, None, 0.0, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Pointwise KL divergence; see fastloss.backends."""
+    return _run_elementwise(EW_KL_DIV, x, target, None, None, 0.0, bool(log_target),
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def binary_label_check(const floating[::1] t):
+    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
+    cdef Py_ssize_t i, n = t.shape[0], bad = -1
+    cdef floating v
+    with nogil:
+        for i in range(n):
+            v = t[i]
+            if v != 1 and v != -1 and v != 0 and v == v:
+                bad = i
+                break
+    return bad

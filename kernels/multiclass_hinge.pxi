@@ -1,0 +1,126 @@
+# multiclass_hinge: Weston-Watkins (PyTorch multi_margin_loss) and Crammer-Singer.
+# Each row is read completely (s_y, the margins or the max) before its gradient is written.
+
+cdef double _multiclass_hinge_rows(const floating* x, const int64_t* labels, const floating* w,
+                                   Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C, double margin,
+                                   bint squared, bint crammer_singer, floating* grad, double gscale,
+                                   const double* gsa, floating* loss_out) noexcept nogil:
+    cdef Py_ssize_t i, j, jb
+    cdef const floating* xr
+    cdef floating* gr = NULL
+    cdef int64_t y
+    cdef double acc = 0.0, loss, gs, s_y, w_y, f, zz, h, d, total, gsum, best, v
+    cdef bint has_nan
+    for i in range(start, stop):
+        xr = x + i * C
+        if grad != NULL:
+            gr = grad + i * C
+        gs = gscale * gsa[i] if gsa != NULL else gscale
+        y = labels[i]
+        if y < 0 or y >= C:  # never happens after label_weight_sum; no out-of-bounds access if it does
+            if gr != NULL:
+                row_fill(gr, C, <double>NAN)
+            if loss_out != NULL:
+                loss_out[i] = <floating>NAN
+            acc += <double>NAN
+            continue
+        s_y = xr[y]
+        w_y = w[y] if w != NULL else 1.0
+        if not crammer_singer:
+            # w_y / C * sum_{j != y} max(0, margin - s_y + s_j)^p
+            f = w_y / C
+            total = 0.0
+            gsum = 0.0
+            for j in range(C):
+                if j == y:
+                    continue
+                zz = margin - s_y + xr[j]
+                h = relu_keep_nan(zz)
+                total += h * h if squared else h
+                if gr != NULL:
+                    d = hinge_power_grad(zz, h, squared) * f
+                    gsum += d
+                    gr[j] = <floating>(d * gs)
+            loss = w_y * total / C
+            if gr != NULL:
+                gr[y] = <floating>(-gsum * gs)
+        else:
+            # w_y * max(0, margin + max_{j != y} s_j - s_y)^p, gradient to the first maximal j
+            best = -INFINITY
+            jb = -1
+            has_nan = False
+            for j in range(C):
+                if j == y:
+                    continue
+                v = xr[j]
+                if v > best:
+                    best = v
+                    jb = j
+                elif v != v:
+                    has_nan = True
+            if C == 1:
+                zz = -INFINITY
+            else:
+                zz = (<double>NAN if has_nan else margin + best) - s_y
+            h = relu_keep_nan(zz)
+            loss = w_y * (h * h if squared else h)
+            if gr != NULL:
+                d = hinge_power_grad(zz, h, squared) * w_y
+                row_fill(gr, C, 0.0 * gs)
+                if jb >= 0:
+                    gr[jb] = <floating>(d * gs)
+                gr[y] = <floating>(-d * gs)
+        if loss_out != NULL:
+            loss_out[i] = <floating>loss
+        acc += loss
+    return acc
+
+
+cdef double _multiclass_hinge(const floating[:, ::1] x, const int64_t[::1] labels,
+                              const floating[::1] weight, double margin, bint squared,
+                              bint crammer_singer, floating[:, ::1] grad, double gscale,
+                              const double[::1] gscale_arr, floating[::1] loss_out,
+                              int n_threads) except? -1:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nb, b
+    cdef double sums[MAX_BLOCKS]
+    cdef const floating* xp
+    cdef const int64_t* lab
+    cdef const floating* wp = NULL
+    cdef floating* gp = NULL
+    cdef floating* lp = NULL
+    cdef const double* gsa = NULL
+    if labels.shape[0] != N:
+        raise ValueError(f"multiclass_hinge: {labels.shape[0]} labels for {N} rows")
+    if N == 0:
+        return 0.0
+    if C == 0:
+        raise ValueError("multiclass_hinge: no classes")
+    xp = &x[0, 0]
+    lab = &labels[0]
+    if weight is not None:
+        wp = &weight[0]
+    if grad is not None:
+        gp = &grad[0, 0]
+    if loss_out is not None:
+        lp = &loss_out[0]
+    if gscale_arr is not None:
+        gsa = &gscale_arr[0]
+    nb = n_blocks_for(N)
+    with nogil:
+        for b in prange(nb, schedule='static', num_threads=n_threads):
+            sums[b] = _multiclass_hinge_rows(xp, lab, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
+                                             C, margin, squared, crammer_singer, gp, gscale, gsa, lp)
+    return sum_blocks(sums, nb)
+
+
+def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
+                     grad, gscale, gscale_arr, loss_out, n_threads):
+    """Multiclass hinge (Weston-Watkins or Crammer-Singer); see fastloss.backends."""
+    labels, gscale_arr, loss_out = flat(labels), flat(gscale_arr), flat(loss_out)
+    nt = clamp_threads(n_threads)
+    N, C = x.shape[0], x.shape[1]
+    if is_f32(x):
+        return _multiclass_hinge[float](x, labels, weight, margin, bool(squared), bool(crammer_singer),
+                                        rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
+    return _multiclass_hinge[double](x, labels, weight, margin, bool(squared), bool(crammer_singer),
+                                     rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
