@@ -6,6 +6,7 @@ arrays (device arrays always go to ``cuda``).
 """
 
 import importlib
+import math
 import os
 
 import numpy as np
@@ -99,10 +100,11 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     item_shape = x.shape[:-1] if rows else x.shape
     n_items = v.size_of(item_shape)
     want_grad = entry != "loss"
-    gscale, gscale_arr = v.check_grad_output(spec, 1.0 if entry != "grad" else grad_output, reduction,
-                                             item_shape)
-    readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
+    gscale, gscale_arr = 1.0, None
+    if entry == "grad":
+        gscale, gscale_arr = v.check_grad_output(spec, grad_output, reduction, item_shape)
     if out is not None:
+        readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
         if want_grad:
             out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly)
         elif reduction == "none":
@@ -141,8 +143,7 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     if reduction == "none" and entry != "grad":
         loss_out = out if (out is not None and not want_grad) else np.empty(item_shape, dtype)
     if reduction in ("mean", "batchmean"):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gscale = float(np.float64(gscale) / denom)
+        gscale = _divide(gscale, denom)
 
     # dispatch -> kernel
     kernel_name, args = _kernel_args(spec, kind, opts)
@@ -160,9 +161,15 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     elif reduction == "sum":
         value = dtype.type(total)
     else:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = dtype.type(np.float64(total) / denom)
+        value = dtype.type(_divide(total, denom))
     return value if entry == "loss" else (value, grad)
+
+
+def _divide(a, b):
+    """a / b as IEEE floats divide (x/0 = +-inf, 0/0 = NaN), without NumPy's errstate cost."""
+    if b:
+        return a / b
+    return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 def _kernel_args(spec, kind, opts):

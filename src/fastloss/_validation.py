@@ -13,11 +13,15 @@ from ._specs import CLASSES, CLASSES_OR_PROBS, ELEMENTS
 ENTRIES = ("loss", "grad", "loss_and_grad")
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def compute_dtype(x, name):
     """float32/float64 stay; other real dtypes go to float64 as NumPy would (float16 to float32)."""
-    dtype = np.dtype(x.dtype)
-    if dtype == np.float32 or dtype == np.float64:
+    dtype = x.dtype
+    if dtype in _FLOATS:
         return dtype
+    dtype = np.dtype(dtype)
     if dtype == np.float16:
         return np.dtype(np.float32)
     if dtype.kind in "biu" or dtype.kind == "f":
@@ -113,12 +117,13 @@ def _broadcast_weight(spec, name, value, x_shape, dtype, trailing):
 
 def check_options(spec, options, x_shape, dtype):
     """Fill defaults, reject unknown names and bad values, convert to what kernels take."""
+    if not options:
+        return dict(spec.options)  # every default is a plain value (no array to convert)
     unknown = set(options) - set(spec.options)
     if unknown:
         raise TypeError(f"{spec.name}: unknown option(s) {sorted(unknown)}; it takes {sorted(spec.options)}")
-    opts = {**spec.options, **options}
-    out = {}
-    for name, value in opts.items():
+    out = dict(spec.options)
+    for name, value in options.items():
         if name in spec.choices:
             if value not in spec.choices[name]:
                 raise ValueError(f"{spec.name}: {name} must be one of {spec.choices[name]}, got {value!r}")
