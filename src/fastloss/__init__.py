@@ -12,10 +12,18 @@ from ._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
+
+def get_include():
+    """The directory to add to Cython's include path to ``cimport fastloss.formulas`` and
+    ``fastloss.rows`` (the nogil item and row kernels) from another extension."""
+    import os
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 _functions = _public_functions()
 globals().update(_functions)
 LOSSES = tuple(_SPECS)
 
-__all__ = ["BackendUnavailable", "LOSSES", "get_num_threads", "set_num_threads", "show_config",
+__all__ = ["BackendUnavailable", "LOSSES", "get_include", "get_num_threads", "set_num_threads", "show_config",
            *_functions]
 del _functions

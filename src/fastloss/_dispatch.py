@@ -66,7 +66,15 @@ def available(name):
 
 
 def is_device_array(a):
-    return hasattr(a, "__cuda_array_interface__")
+    """An array that lives on a CUDA device, told apart without importing any GPU library:
+    the CUDA array interface, a PyTorch CUDA tensor (one that requires grad hides that
+    interface), or a device array of Numba's CUDA simulator."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    module = type(a).__module__
+    if module.startswith("torch"):
+        return bool(getattr(a, "is_cuda", False))
+    return module.startswith("numba") and "cuda" in module
 
 
 def resolve(backend, x):

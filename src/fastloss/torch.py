@@ -1,0 +1,407 @@
+"""fastloss for PyTorch: every loss as a differentiable function and an ``nn.Module``.
+
+Layout and names follow ``torch.nn.functional``: the class axis is dim 1 (``(N, C)``,
+``(N, C, d1, ...)`` or an unbatched ``(C,)``), and the functions are named after the ``F``
+functions they mirror::
+
+    fastloss.torch.cross_entropy              F.cross_entropy                 (softmax_xent)
+    fastloss.torch.binary_cross_entropy_with_logits                            (sigmoid_bce)
+    fastloss.torch.huber_loss                 F.huber_loss                    (huber)
+    fastloss.torch.hinge_loss                 no F equivalent                 (hinge)
+    fastloss.torch.multi_margin_loss          F.multi_margin_loss             (multiclass_hinge)
+    fastloss.torch.mse_loss / l1_loss / kl_div                                (mse, mae, kl_div)
+
+How it works. Each loss is a ``torch.library.custom_op`` (``torch.ops.fastloss.<loss word>``)
+whose forward runs the fused ``<loss>_and_grad`` kernel once, returning the loss and saving
+d(loss)/d(input) (the per-item gradients for ``reduction="none"``); the registered backward
+only scales that gradient by ``grad_output``. ``register_fake`` gives ``torch.compile`` the
+output shapes, so ``torch.compile(fullgraph=True)`` traces through without a graph break.
+CPU tensors reach the kernels as NumPy views (no copy); CUDA tensors go to fastloss's ``cuda``
+backend through ``__cuda_array_interface__``. Without a gradient to compute (``no_grad``, or
+an input that does not require grad) a loss-only op runs instead.
+
+Limits: gradients flow to the input only (a target, ``weight`` or ``pos_weight`` that requires
+grad is refused, rather than silently getting none); double backward raises; float16/bfloat16
+inputs are computed in float32 and the results cast back.
+
+Importing ``fastloss`` never imports torch; only ``import fastloss.torch`` does.
+"""
+
+import inspect
+from typing import Optional
+
+import numpy as np
+import torch
+
+import fastloss as _fastloss
+from ._specs import ELEMENTS, SPECS
+
+__all__ = [
+    "cross_entropy", "binary_cross_entropy_with_logits", "huber_loss", "hinge_loss",
+    "multi_margin_loss", "mse_loss", "l1_loss", "kl_div",
+    "CrossEntropyLoss", "BCEWithLogitsLoss", "HuberLoss", "HingeLoss", "MultiMarginLoss",
+    "MSELoss", "L1Loss", "KLDivLoss",
+]
+
+# the schema type of every option of the spec table
+_OPTION_TYPES = {
+    "weight": Optional[torch.Tensor], "pos_weight": Optional[torch.Tensor], "ignore_index": int,
+    "label_smoothing": float, "z_loss": float, "delta": float, "margin": float,
+    "squared": bool, "mode": str, "log_target": bool,
+}
+_NATIVE = (torch.float32, torch.float64)  # dtypes the kernels take as they are
+
+
+# ---- the host/device call ----------------------------------------------------------------------
+
+def _as_numpy(t, compute_dtype=None):
+    """A NumPy view of a CPU tensor (no copy); half/bfloat16 go through float32."""
+    t = t.detach()
+    if t.is_floating_point() and t.dtype not in _NATIVE:
+        t = t.to(compute_dtype or torch.float32)
+    return t.numpy()
+
+
+def _compute(spec, entry, x, target, reduction, backend, opts, out=None):
+    """Run ``<loss>`` (entry 'loss') or ``<loss>_and_grad`` on tensors.
+
+    Returns (loss, grad) tensors of ``x``'s dtype and device (grad None for 'loss').
+    ``out`` (``_and_grad`` only) is a tensor that receives the gradient, e.g. ``x`` itself.
+    """
+    func = getattr(_fastloss, spec.name if entry == "loss" else spec.name + "_and_grad")
+    kwargs = dict(reduction=reduction)
+    if x.device.type == "cuda":
+        kwargs.update({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
+        if out is not None:
+            kwargs["out"] = out.detach()
+        result = func(x.detach(), target.detach(), backend="cuda", **kwargs)
+        loss, grad = (result, None) if entry == "loss" else result
+        loss = torch.as_tensor(loss, device=x.device).to(x.dtype)
+        if grad is not None:
+            grad = out if out is not None else torch.as_tensor(grad, device=x.device).to(x.dtype)
+        return loss, grad
+    if x.device.type != "cpu":
+        raise ValueError(f"fastloss.torch: {spec.name} runs on CPU and CUDA tensors, got device {x.device}")
+    compute = torch.float32 if x.dtype not in _NATIVE else x.dtype
+    kwargs.update({k: (_as_numpy(v, compute) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
+    if out is not None:
+        kwargs["out"] = out.detach().numpy()
+    result = func(_as_numpy(x), _as_numpy(target, compute), backend=backend, **kwargs)
+    loss, grad = (result, None) if entry == "loss" else result
+    loss = torch.from_numpy(np.array(loss)).to(x.dtype)
+    if grad is not None:
+        grad = out if out is not None else torch.from_numpy(grad).to(x.dtype)
+    return loss, grad
+
+
+def _item_shape(spec, x, reduction):
+    if reduction != "none":
+        return ()
+    return tuple(x.shape[:-1]) if spec.layout != ELEMENTS else tuple(x.shape)
+
+
+# ---- one custom op (+ a loss-only op) per loss, generated from the spec table ---------------
+
+def _signature(spec, returns):
+    p = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("x", p, annotation=torch.Tensor),
+              inspect.Parameter("target", p, annotation=torch.Tensor),
+              inspect.Parameter("reduction", p, annotation=str),
+              inspect.Parameter("backend", p, annotation=str)]
+    params += [inspect.Parameter(k, p, annotation=_OPTION_TYPES[k]) for k in spec.options]
+    return inspect.Signature(params, return_annotation=returns)
+
+
+def _define_ops(spec):
+    """``fastloss::<loss>`` -> (loss, grad) with autograd, ``fastloss::<loss>_forward`` -> loss."""
+    fused_sig = _signature(spec, tuple[torch.Tensor, torch.Tensor])
+    loss_sig = _signature(spec, torch.Tensor)
+    opt_names = tuple(spec.options)
+    n_inputs = 4 + len(opt_names)
+
+    def split(sig, args, kwargs):
+        bound = sig.bind(*args, **kwargs).arguments
+        return (bound["x"], bound["target"], bound["reduction"], bound["backend"],
+                {k: bound[k] for k in opt_names})
+
+    def fused(*args, **kwargs):
+        x, target, reduction, backend, opts = split(fused_sig, args, kwargs)
+        return _compute(spec, "loss_and_grad", x, target, reduction, backend, opts)
+
+    def loss_only(*args, **kwargs):
+        x, target, reduction, backend, opts = split(loss_sig, args, kwargs)
+        return _compute(spec, "loss", x, target, reduction, backend, opts)[0]
+
+    def fused_fake(*args, **kwargs):
+        x, _, reduction, _, _ = split(fused_sig, args, kwargs)
+        return x.new_empty(_item_shape(spec, x, reduction)), torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def loss_fake(*args, **kwargs):
+        x, _, reduction, _, _ = split(loss_sig, args, kwargs)
+        return x.new_empty(_item_shape(spec, x, reduction))
+
+    for f, sig, suffix in ((fused, fused_sig, ""), (loss_only, loss_sig, "_forward"),
+                           (fused_fake, fused_sig, "_fake"), (loss_fake, loss_sig, "_forward_fake")):
+        f.__signature__ = sig
+        f.__name__ = f.__qualname__ = spec.name + suffix
+
+    fused_op = torch.library.custom_op(f"fastloss::{spec.name}", fused, mutates_args=())
+    fused_op.register_fake(fused_fake)
+    loss_op = torch.library.custom_op(f"fastloss::{spec.name}_forward", loss_only, mutates_args=())
+    loss_op.register_fake(loss_fake)
+
+    rows = spec.layout != ELEMENTS
+
+    def setup_context(ctx, inputs, output):
+        ctx.scale_per_row = rows and inputs[2] == "none"
+        ctx.set_materialize_grads(False)  # else autograd builds an N x C zeros for the grad output
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        _no_double_backward()
+        if grad_loss is None:
+            return (None,) * n_inputs
+        (grad,) = ctx.saved_tensors
+        return (_scaled(grad, grad_loss, ctx.scale_per_row, inplace=False),) + (None,) * (n_inputs - 1)
+
+    fused_op.register_autograd(backward, setup_context=setup_context)
+    return fused_op, loss_op
+
+
+def _no_double_backward():
+    # the saved gradient is a constant to autograd: a graph built on it would silently give a
+    # zero second derivative, so refuse create_graph=True outright
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError("fastloss.torch: double backward (create_graph=True) is not supported; the "
+                           "gradient comes from a fused kernel and has no graph of its own")
+
+
+def _scaled(grad, grad_output, per_row, inplace):
+    """grad * grad_output (grad_output per item for reduction='none')."""
+    if per_row:
+        grad_output = grad_output.unsqueeze(-1)
+    if (grad_output.dim() == 0 and grad_output.device.type == "cpu"
+            and not torch.compiler.is_compiling() and grad_output.item() == 1.0):
+        return grad  # the usual loss.backward(): nothing to scale, no second N x C pass
+    return grad.mul_(grad_output) if inplace else grad * grad_output
+
+
+_OPS = {name: _define_ops(spec) for name, spec in SPECS.items()}
+
+
+class _InplaceGrad(torch.autograd.Function):
+    """Eager-mode fused loss whose gradient overwrites the input's storage."""
+
+    @staticmethod
+    def forward(ctx, x, target, name, reduction, backend, opts):
+        spec = SPECS[name]
+        if x.dtype not in _NATIVE or not x.is_contiguous():
+            raise ValueError(f"fastloss.torch: inplace_grad=True needs a float32/float64 input whose "
+                             f"class axis is last in memory (contiguous once moved), got dtype "
+                             f"{x.dtype}, shape {tuple(x.shape)}, strides {x.stride()}")
+        loss, grad = _compute(spec, "loss_and_grad", x, target, reduction, backend, opts, out=x)
+        # anything else that saved x for its backward now fails loudly instead of reading a gradient
+        torch.autograd.graph.increment_version(x)
+        ctx.grad = grad.detach()
+        ctx.per_row = spec.layout != ELEMENTS and reduction == "none"
+        base = x if x._base is None else x._base
+        ctx.leaf = base.is_leaf  # x.grad would alias x: hand autograd a copy instead
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        _no_double_backward()
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("fastloss.torch: backward ran twice through a loss computed with "
+                               "inplace_grad=True; its gradient buffer was already handed out")
+        ctx.grad = None
+        grad = _scaled(grad, grad_loss, ctx.per_row, inplace=True)
+        # a leaf's .grad must not alias the leaf itself (whose storage now holds the gradient)
+        return (grad.clone() if ctx.leaf else grad), None, None, None, None, None
+
+
+# ---- the F-style functions -------------------------------------------------------------------
+
+def _loss(name, input, target, reduction, backend, inplace_grad, class_axis, **opts):
+    spec = SPECS[name]
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(f"fastloss.torch: input and target must be tensors, got "
+                        f"{type(input).__name__} and {type(target).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"fastloss.torch: input must be a floating-point tensor, got {input.dtype}")
+    for what, t in (("target", target), ("weight", opts.get("weight")), ("pos_weight", opts.get("pos_weight"))):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise ValueError(f"fastloss.torch: {name} computes gradients with respect to the input "
+                             f"only; {what} requires grad (detach it)")
+    if class_axis and input.dim() > 2:
+        input = input.movedim(1, -1)  # a view: the class axis last, as the kernels take it
+        if target.is_floating_point() and target.dim() == input.dim():
+            target = target.movedim(1, -1)  # probability targets
+    fused_op, loss_op = _OPS[name]
+    args = tuple(opts[k] for k in spec.options)
+    needs_grad = torch.is_grad_enabled() and input.requires_grad
+    if not needs_grad:
+        return loss_op(input, target, reduction, backend, *args)
+    if inplace_grad and not torch.compiler.is_compiling():
+        return _InplaceGrad.apply(input, target, name, reduction, backend, dict(zip(spec.options, args)))
+    return fused_op(input, target, reduction, backend, *args)[0]
+
+
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, z_loss=0.0, inplace_grad=False, backend="auto"):
+    """``F.cross_entropy`` (class indices or probabilities), plus PaLM's ``z_loss``.
+
+    ``input`` is ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``; ``target`` class indices of the
+    input's shape without dim 1, or probabilities of the input's shape. ``inplace_grad=True``
+    writes the gradient over ``input``'s storage in the forward (no second N x C buffer): the
+    input's values are destroyed, so use it only on logits nothing else needs (e.g. the output of
+    a Linear layer); eager mode only (ignored under ``torch.compile``).
+    """
+    return _loss("softmax_xent", input, target, reduction, backend, inplace_grad, True,
+                 weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="mean", pos_weight=None,
+                                     inplace_grad=False, backend="auto"):
+    """``F.binary_cross_entropy_with_logits``: ``weight`` broadcasts to the input, ``pos_weight``
+    over its last axes. Target of the input's shape (no broadcasting)."""
+    return _loss("sigmoid_bce", input, target, reduction, backend, inplace_grad, False,
+                 weight=weight, pos_weight=pos_weight)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, *, inplace_grad=False, backend="auto"):
+    """``F.huber_loss``: ``0.5*d**2`` if ``|d| <= delta`` else ``delta*(|d| - 0.5*delta)``."""
+    return _loss("huber", input, target, reduction, backend, inplace_grad, False, delta=delta)
+
+
+def hinge_loss(input, target, margin=1.0, *, squared=False, reduction="mean", inplace_grad=False,
+               backend="auto"):
+    """``max(0, margin - y*input)`` (squared if asked), labels ``y`` in {-1, +1} or {0, 1}."""
+    return _loss("hinge", input, target, reduction, backend, inplace_grad, False,
+                 margin=margin, squared=squared)
+
+
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, *, reduction="mean",
+                      mode="weston_watkins", squared=None, inplace_grad=False, backend="auto"):
+    """``F.multi_margin_loss`` (``mode="weston_watkins"``, the default) or Crammer-Singer's
+    ``max(0, margin + max_{j != y} x[j] - x[y])`` (``mode="crammer_singer"``). ``p=2`` (or
+    ``squared=True``) squares the hinge. Input ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)``."""
+    if p not in (1, 2) or isinstance(p, bool):
+        raise ValueError(f"fastloss.torch: multi_margin_loss supports p == 1 and p == 2 only, got {p!r}")
+    if squared is not None and bool(squared) != (p == 2):
+        if p == 2:
+            raise ValueError("fastloss.torch: multi_margin_loss got p=2 and squared=False; give one of them")
+        p = 2 if squared else 1
+    return _loss("multiclass_hinge", input, target, reduction, backend, inplace_grad, True,
+                 margin=margin, squared=p == 2, weight=weight, mode=mode)
+
+
+def mse_loss(input, target, *, reduction="mean", inplace_grad=False, backend="auto"):
+    """``F.mse_loss`` (target of the input's shape, no broadcasting)."""
+    return _loss("mse", input, target, reduction, backend, inplace_grad, False)
+
+
+def l1_loss(input, target, *, reduction="mean", inplace_grad=False, backend="auto"):
+    """``F.l1_loss`` (target of the input's shape, no broadcasting)."""
+    return _loss("mae", input, target, reduction, backend, inplace_grad, False)
+
+
+def kl_div(input, target, *, reduction="mean", log_target=False, inplace_grad=False, backend="auto"):
+    """``F.kl_div``: ``input`` log-probabilities; ``reduction`` also takes ``"batchmean"``."""
+    return _loss("kl_div", input, target, reduction, backend, inplace_grad, False, log_target=log_target)
+
+
+# ---- nn.Module wrappers, constructed like torch.nn's -----------------------------------------
+
+class _Loss(torch.nn.Module):
+    def __init__(self, reduction, inplace_grad, backend):
+        super().__init__()
+        self.reduction = reduction
+        self.inplace_grad = inplace_grad
+        self.backend = backend
+
+    def _common(self):
+        return dict(reduction=self.reduction, inplace_grad=self.inplace_grad, backend=self.backend)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    def __init__(self, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                 z_loss=0.0, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.label_smoothing, self.z_loss = ignore_index, label_smoothing, z_loss
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                             label_smoothing=self.label_smoothing, z_loss=self.z_loss, **self._common())
+
+
+class BCEWithLogitsLoss(_Loss):
+    def __init__(self, weight=None, *, reduction="mean", pos_weight=None, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                **self._common())
+
+
+class HuberLoss(_Loss):
+    def __init__(self, reduction="mean", delta=1.0, *, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.delta = delta
+
+    def forward(self, input, target):
+        return huber_loss(input, target, delta=self.delta, **self._common())
+
+
+class HingeLoss(_Loss):
+    def __init__(self, margin=1.0, *, squared=False, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.margin, self.squared = margin, squared
+
+    def forward(self, input, target):
+        return hinge_loss(input, target, self.margin, squared=self.squared, **self._common())
+
+
+class MultiMarginLoss(_Loss):
+    def __init__(self, p=1, margin=1.0, weight=None, *, reduction="mean", mode="weston_watkins",
+                 squared=None, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.p, self.margin, self.mode, self.squared = p, margin, mode, squared
+        self.register_buffer("weight", weight)
+
+    def forward(self, input, target):
+        return multi_margin_loss(input, target, self.p, self.margin, self.weight, mode=self.mode,
+                                 squared=self.squared, **self._common())
+
+
+class MSELoss(_Loss):
+    def __init__(self, *, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+
+    def forward(self, input, target):
+        return mse_loss(input, target, **self._common())
+
+
+class L1Loss(_Loss):
+    def __init__(self, *, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+
+    def forward(self, input, target):
+        return l1_loss(input, target, **self._common())
+
+
+class KLDivLoss(_Loss):
+    def __init__(self, *, reduction="mean", log_target=False, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.log_target = log_target
+
+    def forward(self, input, target):
+        return kl_div(input, target, log_target=self.log_target, **self._common())

@@ -1,0 +1,294 @@
+"""fastloss.jax under jit and grad: values and gradients against optax where optax has the loss,
+otherwise against fastloss.reference. Class axis last."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+import jax.numpy as jnp  # noqa: E402
+
+import fastloss.jax as fj  # noqa: E402
+from fastloss import reference  # noqa: E402
+
+REDUCTIONS = ("mean", "sum", "none")
+TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    """float32 is JAX's default; float64 runs with jax_enable_x64 switched on for the test."""
+    if request.param is np.float32:
+        yield np.float32
+        return
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield np.float64
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def reduce(item, reduction):
+    return {"mean": jnp.mean, "sum": jnp.sum, "none": lambda a: a}[reduction](item)
+
+
+def jit_value_and_grad(fn, x, reduction):
+    """jit(value_and_grad) of the loss, or of (loss * r).sum() with a fixed random r for 'none'."""
+    def objective(x):
+        loss = fn(x)
+        if reduction == "none":
+            r = jnp.asarray(rng(99).uniform(0.5, 1.5, loss.shape), loss.dtype)
+            return (loss * r).sum(), loss
+        return loss, loss
+
+    (_, loss), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(jnp.asarray(x))
+    return np.asarray(loss), np.asarray(grad)
+
+
+def assert_matches(ours, theirs, x, reduction, dtype):
+    lo, go = jit_value_and_grad(ours, x, reduction)
+    lt, gt = jit_value_and_grad(theirs, x, reduction)
+    assert lo.dtype == go.dtype == dtype
+    assert lo.shape == lt.shape and go.shape == x.shape
+    np.testing.assert_allclose(lo, lt, **TOL[dtype])
+    np.testing.assert_allclose(go, gt, **TOL[dtype])
+
+
+def assert_matches_reference(name, x, target, reduction, dtype, **options):
+    """Against fastloss.reference (float64), through the same jit/grad path."""
+    lo, go = jit_value_and_grad(lambda x: getattr(fj, name)(x, target, reduction=reduction, **options), x, reduction)
+    np_options = {k: (np.asarray(v) if k in ("weight", "pos_weight") else v) for k, v in options.items()}
+    lt = reference.loss(name, x, np.asarray(target), reduction=reduction, **np_options)
+    r = rng(99).uniform(0.5, 1.5, np.shape(lt)).astype(dtype) if reduction == "none" else 1.0
+    gt = reference.grad(name, x, np.asarray(target), reduction=reduction, grad_output=r, **np_options)
+    assert lo.dtype == go.dtype == dtype
+    np.testing.assert_allclose(lo, lt, **TOL[dtype])
+    np.testing.assert_allclose(go, gt, **TOL[dtype])
+
+
+def logits(shape, dtype, seed=0):
+    return (rng(seed).standard_normal(shape) * 2).astype(dtype)
+
+
+def labels(shape, n_classes, seed=1):
+    return jnp.asarray(rng(seed).integers(0, n_classes, shape))
+
+
+def probs(shape, dtype, seed=2):
+    return rng(seed).dirichlet(np.ones(shape[-1]), shape[:-1]).astype(dtype)
+
+
+# ---- against optax ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_softmax_xent_integer_labels(dtype, shape, reduction):
+    x, y = logits(shape, dtype), labels(shape[:-1], shape[-1])
+    assert_matches(lambda x: fj.softmax_xent(x, y, reduction=reduction),
+                   lambda x: reduce(optax.softmax_cross_entropy_with_integer_labels(x, y), reduction),
+                   x, reduction, dtype)
+
+
+@pytest.mark.parametrize("target", ["labels", "probs"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_softmax_xent_label_smoothing_and_probs(dtype, target, reduction):
+    shape, alpha = (6, 5), 0.1
+    x = logits(shape, dtype)
+    if target == "labels":
+        t = labels(shape[:-1], 5)
+        smoothed = optax.smooth_labels(jax.nn.one_hot(t, 5, dtype=dtype), alpha)
+    else:
+        t = jnp.asarray(probs(shape, dtype))
+        smoothed = optax.smooth_labels(t, alpha)
+    assert_matches(lambda x: fj.softmax_xent(x, t, reduction=reduction, label_smoothing=alpha),
+                   lambda x: reduce(optax.softmax_cross_entropy(x, smoothed), reduction), x, reduction, dtype)
+    if target == "probs":
+        assert_matches(lambda x: fj.softmax_xent(x, t, reduction=reduction),
+                       lambda x: reduce(optax.softmax_cross_entropy(x, t), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sigmoid_bce(dtype, reduction):
+    x, t = logits((5, 4), dtype), jnp.asarray(rng(1).uniform(0, 1, (5, 4)).astype(dtype))
+    assert_matches(lambda x: fj.sigmoid_bce(x, t, reduction=reduction),
+                   lambda x: reduce(optax.sigmoid_binary_cross_entropy(x, t), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_huber(dtype, delta, reduction):
+    x, t = logits((5, 4), dtype), jnp.asarray(logits((5, 4), dtype, 1))
+    assert_matches(lambda x: fj.huber(x, t, reduction=reduction, delta=delta),
+                   lambda x: reduce(optax.huber_loss(x, t, delta=delta), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_is_twice_optax_l2_loss(dtype, reduction):
+    x, t = logits((5, 4), dtype), jnp.asarray(logits((5, 4), dtype, 1))
+    assert_matches(lambda x: fj.mse(x, t, reduction=reduction),
+                   lambda x: reduce(2 * optax.l2_loss(x, t), reduction), x, reduction, dtype)  # l2_loss has 0.5
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_hinge(dtype, reduction):
+    x = logits((5, 4), dtype)
+    y = jnp.asarray(rng(1).choice([-1.0, 1.0], (5, 4)).astype(dtype))
+    assert_matches(lambda x: fj.hinge(x, y, reduction=reduction),
+                   lambda x: reduce(optax.hinge_loss(x, y), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multiclass_hinge_crammer_singer(dtype, reduction):
+    x, y = logits((6, 5), dtype), labels((6,), 5)
+    assert_matches(lambda x: fj.multiclass_hinge(x, y, reduction=reduction, mode="crammer_singer"),
+                   lambda x: reduce(optax.losses.multiclass_hinge_loss(x, y), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
+def test_kl_div(dtype, log_target, reduction):
+    """optax's kl_divergence sums over the last axis: one value per row."""
+    x = np.log(probs((6, 5), dtype, 3))
+    t = jnp.asarray(probs((6, 5), dtype, 4))
+    t = jnp.log(t) if log_target else t
+    theirs_rows = optax.losses.kl_divergence_with_log_targets if log_target else optax.losses.kl_divergence
+    reduce_rows = {"none": lambda a: a, "sum": jnp.sum, "batchmean": jnp.mean}[reduction]
+
+    def ours(x):
+        loss = fj.kl_div(x, t, reduction="none" if reduction == "none" else reduction, log_target=log_target)
+        return loss.sum(-1) if reduction == "none" else loss
+
+    assert_matches(ours, lambda x: reduce_rows(theirs_rows(x, t)), x, reduction, dtype)
+
+
+# ---- options optax does not have: against fastloss.reference -----------------------------------
+
+REFERENCE_CASES = [
+    ("softmax_xent", {"weight": "classes", "ignore_index": 1}),
+    ("softmax_xent", {"weight": "classes", "label_smoothing": 0.2, "z_loss": 1e-2, "ignore_index": 0}),
+    ("softmax_xent", {"probs": True, "weight": "classes", "label_smoothing": 0.1, "z_loss": 1e-2}),
+    ("sigmoid_bce", {"weight": "elements", "pos_weight": "last"}),
+    ("sigmoid_bce", {"weight": "last"}),
+    ("hinge", {"margin": 0.5, "squared": True}),
+    ("hinge", {"margin": 2.0, "zero_one": True}),
+    ("multiclass_hinge", {}),
+    ("multiclass_hinge", {"squared": True, "weight": "classes", "margin": 0.7}),
+    ("multiclass_hinge", {"mode": "crammer_singer", "squared": True, "weight": "classes", "margin": 0.5}),
+    ("mae", {}),
+    ("kl_div", {"log_target": True}),
+]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name, case", REFERENCE_CASES,
+                         ids=[f"{n}-" + "-".join(c) for n, c in REFERENCE_CASES])
+def test_against_reference(dtype, name, case, reduction):
+    shape = (6, 5)
+    x = logits(shape, dtype)
+    r = rng(5)
+    options = {}
+    for key, value in case.items():
+        if value == "classes" or value == "last":
+            value = jnp.asarray(r.uniform(0.2, 2.0, shape[-1]).astype(dtype))
+        elif value == "elements":
+            value = jnp.asarray(r.uniform(0.2, 2.0, shape).astype(dtype))
+        if key not in ("probs", "zero_one"):
+            options[key] = value
+    if name in ("softmax_xent", "multiclass_hinge") and not case.get("probs"):
+        t = np.array(labels(shape[:-1], shape[-1]))
+        if "ignore_index" in options:
+            t[::3] = options["ignore_index"]
+    elif case.get("probs") or name == "kl_div":
+        t = probs(shape, dtype)
+        t = np.log(t) if case.get("log_target") else t
+    elif name == "hinge":
+        t = r.choice([0.0 if case.get("zero_one") else -1.0, 1.0], shape).astype(dtype)
+    else:
+        t = r.uniform(0, 1, shape).astype(dtype)
+    assert_matches_reference(name, x, jnp.asarray(t), reduction, dtype, **options)
+
+
+# ---- JAX integration ---------------------------------------------------------------------------
+
+def test_no_gradient_to_targets_or_weights():
+    x, y = logits((6, 5), np.float32), labels((6,), 5)
+    w = jnp.linspace(0.5, 1.5, 5, dtype=jnp.float32)
+    p = jnp.asarray(probs((6, 5), np.float32))
+    gx, gw = jax.jit(jax.grad(lambda x, w: fj.softmax_xent(x, y, weight=w), argnums=(0, 1)))(x, w)
+    assert np.all(np.asarray(gw) == 0) and np.any(np.asarray(gx) != 0)
+    gp = jax.grad(lambda p: fj.softmax_xent(x, p), argnums=0)(p)
+    assert np.all(np.asarray(gp) == 0)
+    gy = jax.grad(lambda x, y: fj.softmax_xent(x, y), argnums=1, allow_int=True)(x, y)
+    assert gy.dtype == jax.dtypes.float0
+
+
+def test_vmap_and_value_without_grad():
+    x = jnp.asarray(logits((3, 6, 5), np.float32))
+    y = labels((6,), 5)
+    batched = jax.jit(jax.vmap(lambda x: fj.softmax_xent(x, y)))(x)
+    yy = jnp.broadcast_to(y, (3, 6))
+    expected = optax.softmax_cross_entropy_with_integer_labels(x, yy).mean(-1)
+    np.testing.assert_allclose(batched, expected, rtol=2e-5)
+    g = jax.grad(lambda x: jax.vmap(lambda x: fj.softmax_xent(x, y))(x).sum())(x)
+    g_expected = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, yy).mean(-1).sum())(x)
+    np.testing.assert_allclose(g, g_expected, rtol=2e-5, atol=1e-7)
+
+
+def test_training_step_under_jit():
+    """A linear model trained a few SGD steps with fastloss matches the same with optax."""
+    r = rng(0)
+    h = jnp.asarray(r.standard_normal((32, 16)).astype(np.float32))
+    y = labels((32,), 10)
+    w0 = jnp.asarray(r.standard_normal((16, 10)).astype(np.float32) * 0.1)
+
+    def train(loss_fn):
+        step = jax.jit(lambda w: jax.value_and_grad(lambda w: loss_fn(h @ w, y))(w))
+        w, losses = w0, []
+        for _ in range(3):
+            loss, g = step(w)
+            w = w - 0.5 * g
+            losses.append(float(loss))
+        return losses, w
+
+    ours, w_ours = train(lambda z, y: fj.softmax_xent(z, y, label_smoothing=0.1))
+    theirs, w_theirs = train(lambda z, y: optax.softmax_cross_entropy(
+        z, optax.smooth_labels(jax.nn.one_hot(y, 10), 0.1)).mean())
+    assert ours[-1] < ours[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    np.testing.assert_allclose(w_ours, w_theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_inputs():
+    x = jnp.asarray(logits((8, 7), np.float32))
+    y = labels((8,), 7)
+    loss, g = jax.value_and_grad(lambda x: fj.softmax_xent(x, y))(x.astype(jnp.bfloat16))
+    assert loss.dtype == g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(float(loss), float(optax.softmax_cross_entropy_with_integer_labels(x, y).mean()),
+                               rtol=2e-2)
+
+
+def test_errors_at_trace_time():
+    x, y = logits((6, 5), np.float32), labels((6,), 5)
+    with pytest.raises(ValueError, match="reduction"):
+        jax.jit(lambda x: fj.softmax_xent(x, y, reduction="batchmean"))(x)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fj.softmax_xent(x, y, label_smoothing=2.0)
+    with pytest.raises(ValueError, match="shape"):
+        fj.softmax_xent(x, y[:3])
+    with pytest.raises(TypeError, match="unknown option"):
+        fj.huber(x, x, margin=1.0)
+    with pytest.raises(Exception, match="not a valid class index"):  # raised in the callback
+        jax.block_until_ready(fj.softmax_xent(x, y.at[2].set(9)))
+
+
+def test_importing_fastloss_does_not_import_jax():
+    code = "import sys, fastloss; fastloss.softmax_xent; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,447 @@
+"""fastloss.torch against torch.nn.functional: values, gradients, gradcheck, torch.compile,
+the in-place gradient and the nn.Module wrappers. Class axis dim 1, as F."""
+
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import fastloss.torch as ft  # noqa: E402
+
+REDUCTIONS = ("mean", "sum", "none")
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, seed, scale=2.0):
+    return torch.randn(shape, generator=gen(seed), dtype=dtype) * scale
+
+
+def value_and_grad(fn, x, reduction, seed=99):
+    """The loss and d(loss . r)/dx for a random r ('none') or d(loss)/dx (reduced)."""
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x)
+    r = torch.rand(loss.shape, generator=gen(seed), dtype=loss.dtype) + 0.5 if reduction == "none" else 1.0
+    (loss * r).sum().backward()
+    return loss.detach(), x.grad
+
+
+def assert_matches(ours, theirs, x, reduction, dtype):
+    lo, go = value_and_grad(ours, x, reduction)
+    lt, gt = value_and_grad(theirs, x, reduction)
+    assert lo.shape == lt.shape and lo.dtype == lt.dtype == dtype
+    torch.testing.assert_close(lo, lt, **TOL[dtype])
+    assert go.shape == x.shape and go.dtype == dtype
+    torch.testing.assert_close(go, gt, **TOL[dtype])
+
+
+# ---- one F-equivalent per loss, for every option and reduction -----------------------------
+
+def ce_inputs(shape, dtype, probs=False, ignore=None, seed=0):
+    x = randn(shape, dtype, seed)
+    c = shape[1] if len(shape) > 1 else shape[0]
+    target_shape = shape[:1] + shape[2:] if len(shape) > 1 else ()
+    if probs:
+        t = torch.rand(shape, generator=gen(seed + 1), dtype=dtype)
+        return x, t / t.sum(dim=1 if len(shape) > 1 else 0, keepdim=True)
+    y = torch.randint(0, c, target_shape, generator=gen(seed + 1))
+    if ignore is not None and y.numel() > 1:
+        y.view(-1)[::3] = ignore
+    return x, y
+
+
+CE_CASES = [
+    {},
+    {"weight": True},
+    {"ignore_index": 2},
+    {"ignore_index": -100},
+    {"label_smoothing": 0.1},
+    {"weight": True, "ignore_index": 1, "label_smoothing": 0.2},
+    {"probs": True},
+    {"probs": True, "weight": True, "label_smoothing": 0.15},
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, case", [(shape, case) for shape in [(6, 5), (4, 5, 3), (5,)] for case in CE_CASES
+                                         if len(shape) > 1 or "ignore_index" not in case],  # (5,): one label
+                         ids=lambda v: str(v) if isinstance(v, tuple) else "-".join(v) or "defaults")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_matches_F(case, shape, dtype, reduction):
+    x, y = ce_inputs(shape, dtype, probs=case.get("probs", False), ignore=case.get("ignore_index"))
+    opts = {k: v for k, v in case.items() if k in ("ignore_index", "label_smoothing")}
+    if case.get("weight"):
+        opts["weight"] = torch.rand(shape[1] if len(shape) > 1 else shape[0], generator=gen(7), dtype=dtype) + 0.2
+    assert_matches(lambda x: ft.cross_entropy(x, y, reduction=reduction, **opts),
+                   lambda x: F.cross_entropy(x, y, reduction=reduction, **opts), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_z_loss(probs, reduction):
+    """z_loss adds z * lse(x)**2 per row, weighted like the row."""
+    dtype, z = torch.float64, 1e-2
+    x, y = ce_inputs((4, 6, 2), dtype, probs=probs)
+    w = torch.rand(6, generator=gen(3), dtype=dtype) + 0.2
+
+    def expected(x):
+        item = F.cross_entropy(x, y, weight=w, reduction="none")
+        row_w = (w[:, None] * y).sum(1) if probs else w[y]
+        item = item + z * row_w * torch.logsumexp(x, dim=1) ** 2
+        if reduction == "none":
+            return item
+        return item.sum() / (row_w.sum() if not probs else item.numel()) if reduction == "mean" else item.sum()
+
+    assert_matches(lambda x: ft.cross_entropy(x, y, w, z_loss=z, reduction=reduction),
+                   expected, x, reduction, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", [{}, {"weight": "elements"}, {"pos_weight": True},
+                                  {"weight": "row", "pos_weight": True}], ids=lambda c: "-".join(c) or "defaults")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_matches_F(case, dtype, reduction):
+    shape = (5, 4)
+    x = randn(shape, dtype, 0)
+    t = torch.rand(shape, generator=gen(1), dtype=dtype)
+    opts = {}
+    if case.get("weight") == "elements":
+        opts["weight"] = torch.rand(shape, generator=gen(2), dtype=dtype) + 0.2
+    elif case.get("weight") == "row":
+        opts["weight"] = torch.rand(shape[-1], generator=gen(2), dtype=dtype) + 0.2
+    if case.get("pos_weight"):
+        opts["pos_weight"] = torch.rand(shape[-1], generator=gen(3), dtype=dtype) * 3 + 0.2
+    assert_matches(lambda x: ft.binary_cross_entropy_with_logits(x, t, reduction=reduction, **opts),
+                   lambda x: F.binary_cross_entropy_with_logits(x, t, reduction=reduction, **opts),
+                   x, reduction, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_huber_matches_F(delta, dtype, reduction):
+    x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
+    assert_matches(lambda x: ft.huber_loss(x, t, reduction, delta),
+                   lambda x: F.huber_loss(x, t, reduction=reduction, delta=delta), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_l1_match_F(name, dtype, reduction):
+    x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
+    assert_matches(lambda x: getattr(ft, name)(x, t, reduction=reduction),
+                   lambda x: getattr(F, name)(x, t, reduction=reduction), x, reduction, dtype)
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS + ("batchmean",))
+def test_kl_div_matches_F(log_target, dtype, reduction):
+    x = torch.log_softmax(randn((4, 5), dtype, 0), dim=1)
+    t = torch.softmax(randn((4, 5), dtype, 1), dim=1)
+    t = t.log() if log_target else t
+    assert_matches(lambda x: ft.kl_div(x, t, reduction=reduction, log_target=log_target),
+                   lambda x: F.kl_div(x, t, reduction=reduction, log_target=log_target), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", [dict(margin=1.0), dict(margin=0.5, squared=True), dict(margin=2.0, zero_one=True)],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_hinge_matches_formula(case, dtype, reduction):
+    x = randn((5, 4), dtype, 0)
+    y = torch.randint(0, 2, (5, 4), generator=gen(1)).to(dtype)
+    signs = y * 2 - 1
+    if not case.get("zero_one"):
+        y = signs
+    margin, squared = case["margin"], case.get("squared", False)
+
+    def expected(x):
+        h = torch.clamp(margin - signs * x, min=0)
+        h = h**2 if squared else h
+        return {"mean": h.mean(), "sum": h.sum(), "none": h}[reduction]
+
+    assert_matches(lambda x: ft.hinge_loss(x, y, margin, squared=squared, reduction=reduction),
+                   expected, x, reduction, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(6, 5), (5,), (4, 5, 3)], ids=str)
+@pytest.mark.parametrize("case", [dict(p=1), dict(p=2), dict(p=1, margin=0.5, weight=True),
+                                  dict(p=2, margin=2.0, weight=True)],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multi_margin_matches_F(case, shape, dtype, reduction):
+    x, y = ce_inputs(shape, dtype)
+    opts = dict(p=case["p"], margin=case.get("margin", 1.0))
+    if case.get("weight"):
+        opts["weight"] = torch.rand(5, generator=gen(5), dtype=dtype) + 0.2
+
+    def theirs(x):
+        if x.dim() <= 2:
+            return F.multi_margin_loss(x, y, reduction=reduction, **opts)
+        # F takes (N, C) only: move the class axis last and flatten the rest
+        item = F.multi_margin_loss(x.movedim(1, -1).reshape(-1, x.shape[1]), y.reshape(-1), reduction="none", **opts)
+        item = item.reshape(y.shape)
+        return {"mean": item.mean(), "sum": item.sum(), "none": item}[reduction]
+
+    assert_matches(lambda x: ft.multi_margin_loss(x, y, reduction=reduction, **opts), theirs, x, reduction, dtype)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multi_margin_crammer_singer(squared, reduction):
+    dtype = torch.float64
+    x, y = ce_inputs((6, 5, 2), dtype)
+    w = torch.rand(5, generator=gen(5), dtype=dtype) + 0.2
+
+    def expected(x):
+        s_y = x.gather(1, y[:, None]).squeeze(1)
+        others = x.masked_fill(F.one_hot(y, 5).movedim(-1, 1).bool(), float("-inf"))
+        h = torch.clamp(0.5 + others.amax(1) - s_y, min=0)
+        item = w[y] * (h**2 if squared else h)
+        return {"mean": item.mean(), "sum": item.sum(), "none": item}[reduction]
+
+    assert_matches(lambda x: ft.multi_margin_loss(x, y, 2 if squared else 1, 0.5, w, mode="crammer_singer",
+                                                  reduction=reduction), expected, x, reduction, dtype)
+    # squared= is the fastloss spelling of p=2
+    assert_matches(lambda x: ft.multi_margin_loss(x, y, margin=0.5, weight=w, squared=squared,
+                                                  mode="crammer_singer", reduction=reduction),
+                   expected, x, reduction, dtype)
+
+
+# ---- gradcheck in float64 for every loss --------------------------------------------------
+
+def _gradcheck_cases():
+    d = torch.float64
+    x = randn((4, 5), d, 10)
+    y = torch.randint(0, 5, (4,), generator=gen(11))
+    t = randn((4, 5), d, 12)
+    probs = torch.softmax(randn((4, 5), d, 13), 1)
+    signs = torch.randint(0, 2, (4, 5), generator=gen(14)).to(d) * 2 - 1
+    w = torch.rand(5, generator=gen(15), dtype=d) + 0.2
+    return {
+        "cross_entropy": (lambda x, r: ft.cross_entropy(x, y, w, label_smoothing=0.1, z_loss=0.01, reduction=r), x),
+        "cross_entropy_probs": (lambda x, r: ft.cross_entropy(x, probs, reduction=r), x),
+        "cross_entropy_3d": (lambda x, r: ft.cross_entropy(x, y[:4].reshape(1, 4), reduction=r), x.T[None]),
+        "bce": (lambda x, r: ft.binary_cross_entropy_with_logits(x, probs, w, pos_weight=w * 2, reduction=r), x),
+        "huber": (lambda x, r: ft.huber_loss(x, t, r, 0.7), x),
+        "hinge": (lambda x, r: ft.hinge_loss(x, signs, 0.8, reduction=r), x),
+        "hinge_squared": (lambda x, r: ft.hinge_loss(x, signs, squared=True, reduction=r), x),
+        "multi_margin": (lambda x, r: ft.multi_margin_loss(x, y, 2, 0.9, w, reduction=r), x),
+        "crammer_singer": (lambda x, r: ft.multi_margin_loss(x, y, mode="crammer_singer", reduction=r), x),
+        "mse": (lambda x, r: ft.mse_loss(x, t, reduction=r), x),
+        "l1": (lambda x, r: ft.l1_loss(x, t, reduction=r), x),
+        "kl_div": (lambda x, r: ft.kl_div(torch.log_softmax(x, 1), probs, reduction=r), x),
+        "kl_div_log_target": (lambda x, r: ft.kl_div(x, probs.log(), log_target=True, reduction=r), x),
+    }
+
+
+GRADCHECK = _gradcheck_cases()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", list(GRADCHECK))
+def test_gradcheck(name, reduction):
+    fn, x = GRADCHECK[name]
+    x = x.detach().clone().contiguous().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fn(x, reduction), (x,), eps=1e-6, atol=1e-7)
+
+
+# ---- custom op registration, torch.compile --------------------------------------------------
+
+@pytest.mark.parametrize("name", ["softmax_xent", "sigmoid_bce", "multiclass_hinge"])
+def test_opcheck(name):
+    """The ops' schema, fake (meta) kernel and autograd registration agree with their eager runs."""
+    x = randn((4, 5), torch.float32, 0).requires_grad_(True)
+    if name == "sigmoid_bce":
+        args = (x, torch.rand(4, 5, generator=gen(1)), "mean", "auto", None, torch.ones(5) * 2)
+    elif name == "softmax_xent":
+        args = (x, torch.randint(0, 5, (4,), generator=gen(1)), "none", "auto", torch.ones(5), -100, 0.1, 0.0)
+    else:
+        args = (x, torch.randint(0, 5, (4,), generator=gen(1)), "sum", "auto", 1.0, False, None, "weston_watkins")
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(getattr(torch.ops.fastloss, name).default, args, test_utils=utils)
+    torch.library.opcheck(getattr(torch.ops.fastloss, name + "_forward").default, args, test_utils=utils[:2])
+
+
+def _train(loss_fn, steps=3, compile_=False):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    h = torch.randn(32, 16, generator=gen(1))
+    y = torch.randint(0, 10, (32,), generator=gen(2))
+
+    def step_loss(h, y):
+        return loss_fn(model(h), y)
+
+    fn = torch.compile(step_loss, fullgraph=True) if compile_ else step_loss
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = fn(h, y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, model.weight.detach().clone()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_torch_compile_training_step():
+    torch._dynamo.reset()
+    ours, w_ours = _train(lambda z, y: ft.cross_entropy(z, y, label_smoothing=0.1), compile_=True)
+    theirs, w_theirs = _train(lambda z, y: F.cross_entropy(z, y, label_smoothing=0.1))
+    assert ours[-1] < ours[0]
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_ours, w_theirs, rtol=1e-5, atol=1e-6)
+
+
+# ---- in-place gradient ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_inplace_grad_matches_and_reuses_the_logits(reduction):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 6)
+    h = torch.randn(10, 8, generator=gen(1))
+    y = torch.randint(0, 6, (10,), generator=gen(2))
+    r = torch.rand(10, generator=gen(3)) + 0.5 if reduction == "none" else torch.tensor(2.0)
+    grads = []
+    for inplace in (True, False):
+        lin.zero_grad()
+        logits = lin(h)
+        if inplace:
+            loss = ft.cross_entropy(logits, y, reduction=reduction, inplace_grad=True)
+            # the forward already wrote d(loss)/d(logits), per row for 'none', over the logits
+            fresh = lin(h).detach().requires_grad_(True)
+            F.cross_entropy(fresh, y, reduction=reduction).sum().backward()
+            torch.testing.assert_close(logits.detach(), fresh.grad)
+        else:
+            loss = F.cross_entropy(logits, y, reduction=reduction)
+        (loss * r).sum().backward()
+        grads.append((loss.detach(), lin.weight.grad.clone(), lin.bias.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_grad_on_a_leaf_does_not_alias_it():
+    x = randn((5, 4), torch.float64, 0).requires_grad_(True)
+    y = torch.randint(0, 4, (5,), generator=gen(1))
+    expected = value_and_grad(lambda x: F.cross_entropy(x, y), x, "mean")[1]
+    storage = x.detach().clone()
+    ft.cross_entropy(x, y, inplace_grad=True).backward()
+    torch.testing.assert_close(x.grad, expected)
+    assert x.grad.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(x.detach(), expected)  # documented: the input now holds the gradient
+    assert not torch.equal(x.detach(), storage)
+
+
+def test_inplace_grad_refuses_what_it_would_corrupt():
+    torch.manual_seed(0)
+    z = (torch.randn(5, 4) * 1.0).requires_grad_(True)
+    y = torch.randint(0, 4, (5,))
+    logits = z * 2.0
+    other = (logits * logits).sum()  # saves logits for its backward
+    loss = ft.cross_entropy(logits, y, inplace_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+    loss = ft.cross_entropy(z * 2.0, y, inplace_grad=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+    with pytest.raises(ValueError, match="inplace_grad"):
+        ft.cross_entropy(randn((3, 4, 2), torch.float32, 0).requires_grad_(True), torch.zeros(3, 2, dtype=torch.long),
+                         inplace_grad=True)
+
+
+# ---- modules, no-grad path, dtypes, errors ----------------------------------------------------
+
+def test_modules_match_torch_nn():
+    d = torch.float64
+    x = randn((6, 5), d, 0)
+    y = torch.randint(0, 5, (6,), generator=gen(1))
+    t = randn((6, 5), d, 2)
+    p = torch.rand(6, 5, generator=gen(3), dtype=d)
+    w = torch.rand(5, generator=gen(4), dtype=d) + 0.2
+    pairs = [
+        (ft.CrossEntropyLoss(w, ignore_index=1, label_smoothing=0.1), torch.nn.CrossEntropyLoss(w, ignore_index=1, label_smoothing=0.1), y),
+        (ft.BCEWithLogitsLoss(w, pos_weight=w, reduction="sum"), torch.nn.BCEWithLogitsLoss(w, reduction="sum", pos_weight=w), p),
+        (ft.HuberLoss("none", 0.5), torch.nn.HuberLoss("none", 0.5), t),
+        (ft.MultiMarginLoss(2, 0.7, w), torch.nn.MultiMarginLoss(2, 0.7, w), y),
+        (ft.MSELoss(), torch.nn.MSELoss(), t),
+        (ft.L1Loss(reduction="sum"), torch.nn.L1Loss(reduction="sum"), t),
+        (ft.KLDivLoss(reduction="batchmean"), torch.nn.KLDivLoss(reduction="batchmean"), p),
+    ]
+    for ours, theirs, target in pairs:
+        reduction = theirs.reduction
+        assert_matches(lambda x: ours(x, target), lambda x: theirs(x, target), x, reduction, d)
+    hinge = ft.HingeLoss(0.5, squared=True)
+    signs = torch.sign(t)
+    assert_matches(lambda x: hinge(x, signs), lambda x: torch.clamp(0.5 - signs * x, min=0).pow(2).mean(),
+                   x, "mean", d)
+    # buffers follow the module
+    assert "weight" in dict(pairs[0][0].named_buffers())
+    assert pairs[0][0].to(torch.float32).weight.dtype == torch.float32
+
+
+def test_no_grad_and_no_requires_grad_give_the_same_loss():
+    x, y = ce_inputs((6, 5, 2), torch.float32)
+    expected = F.cross_entropy(x, y, label_smoothing=0.1)
+    with torch.no_grad():
+        torch.testing.assert_close(ft.cross_entropy(x.requires_grad_(True), y, label_smoothing=0.1), expected)
+    loss = ft.cross_entropy(x.detach(), y, label_smoothing=0.1)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_inputs(dtype):
+    x, y = ce_inputs((8, 7), torch.float32)
+    lo, go = value_and_grad(lambda x: ft.cross_entropy(x, y), x.to(dtype), "mean")
+    lt, gt = value_and_grad(lambda x: F.cross_entropy(x, y), x, "mean")
+    assert lo.dtype == go.dtype == dtype
+    torch.testing.assert_close(lo.float(), lt, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(go.float(), gt, rtol=1e-2, atol=1e-3)
+
+
+def test_every_cpu_backend():
+    from fastloss._dispatch import available
+    x, y = ce_inputs((6, 5), torch.float64)
+    expected = value_and_grad(lambda x: F.cross_entropy(x, y), x, "mean")
+    backends = [b for b in ("cython", "numba", "numpy") if available(b)]
+    assert backends
+    for backend in backends:
+        got = value_and_grad(lambda x: ft.cross_entropy(x, y, backend=backend), x, "mean")
+        torch.testing.assert_close(got, expected, msg=backend)
+
+
+def test_errors():
+    x = randn((4, 5), torch.float64, 0).requires_grad_(True)
+    y = torch.randint(0, 5, (4,))
+    t = randn((4, 5), torch.float64, 1)
+    with pytest.raises(ValueError, match="target requires grad"):
+        ft.mse_loss(x, t.requires_grad_(True))
+    with pytest.raises(ValueError, match="p == 1 and p == 2"):
+        ft.multi_margin_loss(x, y, p=3)
+    with pytest.raises(ValueError, match="p=2 and squared=False"):
+        ft.multi_margin_loss(x, y, p=2, squared=False)
+    with pytest.raises(TypeError, match="floating-point"):
+        ft.mse_loss(torch.ones(3, dtype=torch.long), torch.ones(3))
+    with pytest.raises(ValueError, match=r"labels\[1\] = 7"):
+        ft.cross_entropy(x, torch.tensor([0, 7, 1, 1]))
+    # double backward would silently miss the second derivative: it raises instead
+    for inplace in (False, True):
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(ft.cross_entropy(x * 1.0, y, inplace_grad=inplace), x, create_graph=True)
+
+
+def test_importing_fastloss_does_not_import_torch():
+    code = "import sys, fastloss; fastloss.softmax_xent; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
