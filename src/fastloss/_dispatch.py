@@ -8,6 +8,7 @@ arrays (device arrays always go to ``cuda``).
 import importlib
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -89,14 +90,25 @@ def resolve(backend, x):
     return backend
 
 
-def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
-    """Compute ``entry`` ('loss', 'grad' or 'loss_and_grad') of loss ``spec``."""
-    name = resolve(backend, x)
-    if name == "cuda":
-        return get_backend("cuda").run(spec, entry, x, target, reduction, grad_output, out, options)
-    kernels = get_backend(name)
+class Problem(NamedTuple):
+    """A validated host call, normalised to the kernel contract (see backends/__init__.py)."""
+    x: np.ndarray  # compute dtype, C-contiguous, (N, C) for row losses, flat otherwise
+    target: np.ndarray  # int64 labels (N,), or floats of x's shape
+    kind: str  # 'classes', 'probs' or 'values'
+    options: dict  # converted option values
+    dtype: np.dtype
+    shape: tuple  # the input's shape
+    item_shape: tuple  # the unreduced loss's shape
+    denom: float  # what reduction 'mean'/'batchmean' divides by
+    gscale: float
+    gscale_arr: object  # float64 per-item grad_output, or None
+    out: object  # validated ``out``, or None
 
-    # validate
+
+def prepare(spec, entry, x, target, reduction, grad_output, out, options, checks):
+    """Validate a call on host arrays and normalise it to the kernel contract; raises before
+    anything is written. ``checks`` is the backend whose label pre-passes run
+    (``label_weight_sum``, ``binary_label_check``)."""
     v.check_reduction(spec, reduction)
     x = x if isinstance(x, np.ndarray) else np.asarray(x)
     target = target if isinstance(target, np.ndarray) else np.asarray(target)
@@ -107,13 +119,12 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     rows = spec.layout != ELEMENTS
     item_shape = x.shape[:-1] if rows else x.shape
     n_items = v.size_of(item_shape)
-    want_grad = entry != "loss"
     gscale, gscale_arr = 1.0, None
     if entry == "grad":
         gscale, gscale_arr = v.check_grad_output(spec, grad_output, reduction, item_shape)
     if out is not None:
         readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
-        if want_grad:
+        if entry != "loss":
             out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly)
         elif reduction == "none":
             out = v.check_out(spec, out, item_shape, dtype, "unreduced loss", readonly + [(spec.input_name, x)])
@@ -122,44 +133,59 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
 
     x_flat = np.ascontiguousarray(x, dtype=dtype)
     x_flat = x_flat.reshape(n_items, x.shape[-1]) if rows else x_flat.reshape(-1)
+    t_flat, label_denom = checked_target(spec, kind, target, x.shape[-1] if x.ndim else 1, dtype, opts, checks)
+    if kind != "classes":
+        t_flat = t_flat.reshape(x_flat.shape)
+    denom = label_denom if spec.label_weighted_mean and kind == "classes" else float(n_items)
+    if reduction == "batchmean":
+        denom = float(x.shape[0]) if x.ndim else 1.0
+    if reduction in ("mean", "batchmean"):
+        gscale = _divide(gscale, denom)
+    return Problem(x_flat, t_flat, kind, opts, dtype, x.shape, item_shape, denom, gscale, gscale_arr, out)
+
+
+def checked_target(spec, kind, target, n_classes, dtype, opts, checks):
+    """A host target as the kernels take it, flat (int64 labels or floats of ``dtype``), after
+    its pre-pass in backend ``checks`` (raising on a bad label), and the labels' weight sum
+    (the mean's denominator of a label-weighted loss; None for float targets)."""
     if kind == "classes":
         labels = v.int64_labels(spec, target, spec.target_name)
         has_ignore = "ignore_index" in opts
         ignore_index = opts.get("ignore_index", 0)
-        label_denom, bad = kernels.label_weight_sum(labels, x.shape[-1], ignore_index, has_ignore, opts["weight"])
+        weight_sum, bad = checks.label_weight_sum(labels, n_classes, ignore_index, has_ignore, opts["weight"])
         if bad >= 0:
-            v.raise_bad_label(spec, target, bad, spec.target_name, x.shape[-1],
-                              ignore_index if has_ignore else None)
-        t_flat = labels
-        denom = label_denom if spec.label_weighted_mean else float(n_items)
-    else:
-        t_flat = np.ascontiguousarray(target, dtype=dtype).reshape(x_flat.shape)
-        if spec.name == "hinge":
-            bad = kernels.binary_label_check(t_flat)
-            if bad >= 0:
-                v.raise_bad_binary_label(spec, t_flat.reshape(target.shape), bad, spec.target_name)
-        denom = float(n_items)
-    if reduction == "batchmean":
-        denom = float(x.shape[0]) if x.ndim else 1.0
+            v.raise_bad_label(spec, target, bad, spec.target_name, n_classes, ignore_index if has_ignore else None)
+        return labels, weight_sum
+    values = np.ascontiguousarray(target, dtype=dtype).reshape(-1)
+    if spec.name == "hinge":
+        bad = checks.binary_label_check(values)
+        if bad >= 0:
+            v.raise_bad_binary_label(spec, values.reshape(np.shape(target)), bad, spec.target_name)
+    return values, None
+
+
+def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
+    """Compute ``entry`` ('loss', 'grad' or 'loss_and_grad') of loss ``spec``."""
+    name = resolve(backend, x)
+    if name == "cuda":
+        return get_backend("cuda").run(spec, entry, x, target, reduction, grad_output, out, options)
+    kernels = get_backend(name)
+    p = prepare(spec, entry, x, target, reduction, grad_output, out, options, kernels)
 
     # allocate
-    grad = None
-    if want_grad:
-        grad = out if out is not None else np.empty(x.shape, dtype)
-        grad_flat = grad.reshape(x_flat.shape)
-    loss_out = None
+    grad = loss_out = None
+    if entry != "loss":
+        grad = p.out if p.out is not None else np.empty(p.shape, p.dtype)
     if reduction == "none" and entry != "grad":
-        loss_out = out if (out is not None and not want_grad) else np.empty(item_shape, dtype)
-    if reduction in ("mean", "batchmean"):
-        gscale = _divide(gscale, denom)
+        loss_out = p.out if (p.out is not None and entry == "loss") else np.empty(p.item_shape, p.dtype)
 
     # dispatch -> kernel
-    kernel_name, args = _kernel_args(spec, kind, opts)
-    kernel = getattr(kernels, kernel_name)
-    total = kernel(x_flat, t_flat, *args,
-                   grad_flat if want_grad else None, gscale, gscale_arr,
-                   None if loss_out is None else loss_out.reshape(-1),
-                   threads_for(x_flat.size))
+    kernel_name, args = kernel_args(spec, p.kind, p.options)
+    total = getattr(kernels, kernel_name)(
+        p.x, p.target, *args,
+        None if grad is None else grad.reshape(p.x.shape), p.gscale, p.gscale_arr,
+        None if loss_out is None else loss_out.reshape(-1),
+        threads_for(p.x.size))
 
     # reduce
     if entry == "grad":
@@ -167,9 +193,9 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     if reduction == "none":
         value = loss_out
     elif reduction == "sum":
-        value = dtype.type(total)
+        value = p.dtype.type(total)
     else:
-        value = dtype.type(_divide(total, denom))
+        value = p.dtype.type(_divide(total, p.denom))
     return value if entry == "loss" else (value, grad)
 
 
@@ -180,7 +206,7 @@ def _divide(a, b):
     return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
-def _kernel_args(spec, kind, opts):
+def kernel_args(spec, kind, opts):
     """The kernel a call runs and its loss-specific arguments, in the contract's order."""
     if spec.name == "softmax_xent":
         common = (opts["weight"], opts["label_smoothing"], opts["z_loss"])

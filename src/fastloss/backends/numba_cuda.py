@@ -856,75 +856,30 @@ def run(spec, entry, x, target, reduction, grad_output, out, options):
     return _run_host(spec, entry, x, target, reduction, grad_output, out, options)
 
 
-def _host_labels(spec, target, n_classes, opts):
-    """Host class labels as flat int64, raising on a label outside [0, C) (not ignore_index)."""
-    labels = v.int64_labels(spec, target, spec.target_name)
-    has_ignore = "ignore_index" in opts
-    bad = (labels < 0) | (labels >= n_classes)
-    if has_ignore:
-        bad &= labels != opts["ignore_index"]
-    if bad.any():
-        v.raise_bad_label(spec, target, int(np.argmax(bad)), spec.target_name, n_classes,
-                          opts["ignore_index"] if has_ignore else None)
-    return labels
-
-
-def _check_hinge_labels(spec, target, target_name):
-    """Host hinge labels must be -1, 0 or +1 (NaN passes), as on the CPU backends."""
-    t = np.asarray(target)
-    flat = t.reshape(-1)
-    ok = (flat == 1) | (flat == -1) | (flat == 0) | (flat != flat)
-    if not ok.all():
-        pos = int(np.argmin(ok))
-        raise_bad = getattr(v, "raise_bad_binary_label", None)
-        if raise_bad is not None:
-            raise_bad(spec, t, pos, target_name)
-        raise ValueError(f"{spec.name}: {target_name} has {float(flat[pos])} at flat position {pos}, "
-                         f"not a label in {{-1, +1}} or {{0, 1}}")
-
-
 def _run_host(spec, entry, x, target, reduction, grad_output, out, options):
-    x = x if isinstance(x, np.ndarray) else np.asarray(x)
-    target = target if isinstance(target, np.ndarray) else np.asarray(target)
-    dtype = v.compute_dtype(x, spec.input_name)
-    v.check_input_shape(spec, x.shape, spec.input_name)
-    kind = v.target_kind(spec, x.shape, target, spec.target_name)
-    opts = v.check_options(spec, options, x.shape, dtype)
-    rows = spec.layout != ELEMENTS
-    item_shape = x.shape[:-1] if rows else x.shape
+    from .. import _dispatch  # the shared host validation, with the NumPy label pre-passes
+    p = _dispatch.prepare(spec, entry, x, target, reduction, grad_output, out, options,
+                          _dispatch.get_backend("numpy"))
+    kind, opts, dtype, item_shape, gscale, gscale_arr, out = (
+        p.kind, p.options, p.dtype, p.item_shape, p.gscale, p.gscale_arr, p.out)
+    if reduction in ("mean", "batchmean"):  # the device divides by the denominator itself
+        gscale = 1.0 if entry != "grad" else float(np.asarray(grad_output))
     want_grad = entry != "loss"
-    gscale, gscale_arr = v.check_grad_output(spec, 1.0 if entry != "grad" else grad_output, reduction,
-                                             item_shape)
-    readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
-    if out is not None:
-        if want_grad:
-            out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly)
-        elif reduction == "none":
-            out = v.check_out(spec, out, item_shape, dtype, "unreduced loss", readonly + [(spec.input_name, x)])
-        else:
-            raise ValueError(f"{spec.name}: out receives the unreduced loss; pass it only with reduction='none'")
-    if kind == "classes":
-        t_host = _host_labels(spec, target, x.shape[-1], opts)
-    else:
-        if spec.name == "hinge":
-            _check_hinge_labels(spec, target, spec.target_name)
-        t_host = np.ascontiguousarray(target, dtype=dtype).reshape(-1)
-
     dev = _Device(None)
     n_items = v.size_of(item_shape)
-    x_d = dev.upload(np.ascontiguousarray(x, dtype=dtype).reshape((n_items, x.shape[-1]) if rows else -1))
-    t_d = dev.upload(t_host if kind == "classes" else t_host.reshape(x_d.shape))
+    x_d = dev.upload(p.x)
+    t_d = dev.upload(p.target)
     w_d = {k: (None if opts[k] is None else dev.upload(opts[k])) for k in ("weight", "pos_weight") if k in opts}
     gs_d = None if gscale_arr is None else dev.upload(gscale_arr)
     grad_d = dev.empty(x_d.shape, dtype)[1] if want_grad else None
     lo_d = dev.empty(n_items, dtype)[1] if (reduction == "none" and entry != "grad") else None
     res_d = dev.empty(1, dtype)[1] if (reduction != "none" and entry != "grad") else None
     _compute(spec, kind, dev, x_d, t_d, {**opts, **w_d}, reduction, gscale, gs_d, 1, grad_d, lo_d, res_d,
-             x.shape, entry)
+             p.shape, entry)
 
     grad = None
     if want_grad:
-        grad = out if out is not None else np.empty(x.shape, dtype)
+        grad = out if out is not None else np.empty(p.shape, dtype)
         if grad.size:
             grad_d.copy_to_host(grad.reshape(x_d.shape))
     if entry == "grad":
@@ -958,10 +913,9 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     opts = v.check_options(spec, {k: (None if k in dev_opts else val) for k, val in options.items()},
                            x_shape, dtype)
     if t_host:  # host targets are checked as on the CPU backends (no synchronisation needed)
-        if kind == "classes":
-            t_v = _host_labels(spec, t_v, x_shape[-1], opts)
-        elif spec.name == "hinge":
-            _check_hinge_labels(spec, t_v, spec.target_name)
+        from .. import _dispatch
+        t_v = _dispatch.checked_target(spec, kind, t_v, x_shape[-1] if x_shape else 1, dtype, opts,
+                                       _dispatch.get_backend("numpy"))[0]
     for k, val in dev_opts.items():
         w_v = _contiguous(val, k)[1]
         _real_dtype(spec, k, w_v)
