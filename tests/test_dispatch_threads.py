@@ -72,7 +72,7 @@ def test_bitwise_identical_across_thread_counts_and_repeats(backend, name):
     old = fastloss.get_num_threads()
     results = []
     try:
-        for n in (1, 2, 3, 1, 2):
+        for n in (1, 2, 3, 8, 1, 2):
             fastloss.set_num_threads(n)
             for reduction in ("mean", "none"):
                 results.append((n, reduction, call(name, "loss_and_grad", x, t, backend=backend,

@@ -104,6 +104,14 @@ def _peers(name, x, t):
                 loss.backward()
                 return loss.item(), a.grad
             peers["torch"] = run_torch
+            fl_fn = _fastloss_torch(name)
+            if fl_fn is not None:
+                def run_fastloss_torch():
+                    a = xt.detach().requires_grad_()
+                    loss = fl_fn(a, tt)
+                    loss.backward()
+                    return loss.item(), a.grad
+                peers["fl.torch"] = run_fastloss_torch
     if _importable("jax"):
         jax_loss = _jax_loss(name)
         if jax_loss is not None:
@@ -111,7 +119,25 @@ def _peers(name, x, t):
             vg = jax.jit(jax.value_and_grad(jax_loss))
             xj, tj = jax.device_put(x), jax.device_put(t)
             peers["jax"] = lambda: jax.block_until_ready(vg(xj, tj))
+        if name == "softmax_xent" and _importable("optax"):
+            import jax
+            import optax
+            import fastloss.jax as flj
+            optax_vg = jax.jit(jax.value_and_grad(
+                lambda a, b: optax.softmax_cross_entropy_with_integer_labels(a, b).mean()))
+            fl_vg = jax.jit(jax.value_and_grad(lambda a, b: flj.softmax_xent(a, b)))
+            xj, tj = jax.device_put(x), jax.device_put(t)
+            peers["optax"] = lambda: jax.block_until_ready(optax_vg(xj, tj))
+            peers["fl.jax"] = lambda: jax.block_until_ready(fl_vg(xj, tj))
     return peers
+
+
+def _fastloss_torch(name):
+    """fastloss.torch's twin of torch_fn (class axis = dim 1, as F's), or None."""
+    import fastloss.torch as flt
+    return {"softmax_xent": flt.cross_entropy, "sigmoid_bce": flt.binary_cross_entropy_with_logits,
+            "huber": flt.huber_loss, "mse": flt.mse_loss, "mae": flt.l1_loss,
+            "multiclass_hinge": flt.multi_margin_loss}.get(name)
 
 
 def _jax_loss(name):
@@ -155,7 +181,7 @@ def time_interleaved(funcs, rounds, min_seconds=2e-3):
     return {label: float(np.median(s)) for label, s in samples.items()}
 
 
-def run(quick=False, losses=None, dtype=np.float32, rounds=None):
+def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
     sizes = QUICK if quick else FULL
     rounds = rounds or (5 if quick else 11)
     threads = fastloss.get_num_threads()
@@ -172,10 +198,40 @@ def run(quick=False, losses=None, dtype=np.float32, rounds=None):
                 rows.append(dict(loss=name, shape=list(shape), dtype=np.dtype(dtype).name, backend=label,
                                  median_s=seconds, gbps=nbytes / seconds / 1e9,
                                  pct_copy=100 * nbytes / seconds / 1e9 / bandwidth,
-                                 **{f"x_{peer}": times[peer] / seconds for peer in ("numpy", "torch", "jax")
+                                 **{f"x_{peer}": times[peer] / seconds for peer in ("numpy", "torch", "jax", "optax")
                                     if peer in times}))
             del x, t
-    return dict(machine=machine_info(threads), copy_gbps=bandwidth, results=rows)
+    report = dict(machine=machine_info(threads), copy_gbps=bandwidth, results=rows)
+    if startup and available("numba"):
+        first = startup_times(losses or SPECS)
+        report["numba_first_call_s"] = {k: v[1] for k, v in first.items()}
+        report["import_s"] = min(v[0] for v in first.values())
+    return report
+
+
+_FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numpy as np, fastloss
+from fastloss.bench import make_problem
+t_import = time.perf_counter() - t0
+x, t = make_problem({name!r}, (32, 10), np.float32, np.random.default_rng())
+t1 = time.perf_counter()
+getattr(fastloss, {name!r} + "_and_grad")(x, t, backend="numba")
+print(t_import, time.perf_counter() - t1)
+"""
+
+
+def startup_times(losses):
+    """{loss: (seconds to import fastloss, seconds to the first numba result)}, each in a fresh
+    process (Numba compiles a kernel on its first call; its on-disk cache is off by default)."""
+    import subprocess
+    times = {}
+    for name in losses:
+        out = subprocess.run([sys.executable, "-c", _FIRST_CALL.format(name=name)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        times[name] = (float(out[0]), float(out[1]))
+    return times
 
 
 def machine_info(threads):
@@ -205,12 +261,16 @@ def format_table(report):
     lines = [f"fastloss bench: {m['processor']}, {m['threads']} threads, {m['date']}",
              f"copy bandwidth (read + write, {m['threads']} threads): {report['copy_gbps']:.1f} GB/s", "",
              f"{'loss':17s} {'shape':>14s} {'backend':8s} {'median':>11s} {'GB/s':>7s} {'% copy':>7s} "
-             f"{'vs numpy':>9s} {'vs torch':>9s} {'vs jax':>7s}"]
+             f"{'vs numpy':>9s} {'vs torch':>9s} {'vs jax':>7s} {'vs optax':>9s}"]
     for r in report["results"]:
         ratio = lambda k, w: f"{r[k]:{w}.1f}x" if k in r else " " * (w + 1)
         lines.append(f"{r['loss']:17s} {'x'.join(map(str, r['shape'])):>14s} {r['backend']:8s} "
                      f"{_fmt_time(r['median_s'])} {r['gbps']:7.1f} {r['pct_copy']:6.0f}% "
-                     f"{ratio('x_numpy', 8)} {ratio('x_torch', 8)} {ratio('x_jax', 6)}")
+                     f"{ratio('x_numpy', 8)} {ratio('x_torch', 8)} {ratio('x_jax', 6)} {ratio('x_optax', 8)}")
+    if "numba_first_call_s" in report:
+        lines += ["", f"import fastloss: {report['import_s'] * 1e3:.0f} ms; numba time to first result "
+                  "(compile + run, fresh process): " + ", ".join(
+                      f"{k} {v:.1f} s" for k, v in report["numba_first_call_s"].items())]
     return "\n".join(lines)
 
 
@@ -244,12 +304,14 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time numba's first call per loss with --quick (always done without)")
     parser.add_argument("--json", metavar="FILE", help="also write the data as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.threads:
         fastloss.set_num_threads(args.threads)
-    report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds)
+    report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -36,7 +36,11 @@ __all__ = [
 ]
 
 _F32 = np.float32
-_INLINE = "always"
+_INLINE = "always"  # Numba-IR inlining: only for tiny leaves (it multiplies typing/compile time)
+# Everything else is compiled once per signature and inlined (or not) by LLVM when linked into a
+# kernel; IEEE semantics make both give identical results. error_model="numpy": no Python-style
+# ZeroDivisionError checks in helpers compiled on their own.
+_HELPER = dict(error_model="numpy", nogil=True)
 # No fast-math flags anywhere: with IEEE semantics kept, LLVM may not reorder a sum, so every
 # compilation of a helper (serial kernel, parallel kernel, inlined or not) rounds the same way
 # and results are bitwise identical for any thread count. Vectorised reductions are written
@@ -167,47 +171,78 @@ def _ol_like(v, a):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(inline=_INLINE)
+# 16 fixed lanes, as explicit LLVM vectors: lane k takes the items j0 + k, j0 + k + 16, ... so
+# a vector max/add is exactly the 16 scalar accumulators it replaces, in the same order (LLVM
+# does not vectorise FP reductions without reassociation, which would make results depend on
+# how a kernel was compiled). Contiguous 1-D arrays only; callers copy others first.
+
+
+@intrinsic
+def _lanes16(typingctx, a, j0, j1, op):
+    """16 lanes over a[j0:j0 + 16 k] (j1 - j0 a multiple of 16) as a 16-tuple:
+    op 0: lane-wise max ('v if v > m else m', NaN skipped) starting from a[j0] in every lane;
+    op 1: lane-wise sum starting from 0."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+            and isinstance(a.dtype, types.Float) and isinstance(op, types.IntegerLiteral)):
+        return None
+    kind = op.literal_value
+    rt = types.UniTuple(a.dtype, 16)
+    sig = rt(a, j0, j1, op)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i64 = ir.IntType(64)
+        lo = context.cast(builder, args[1], signature.args[1], types.intp)
+        hi = context.cast(builder, args[2], signature.args[2], types.intp)
+        et = context.get_data_type(aryty.dtype)
+        vt = ir.VectorType(et, 16)
+        align = aryty.dtype.bitwidth // 8
+        acc = cgutils.alloca_once(builder, vt)
+        if kind == 0:
+            first = builder.load(builder.gep(ary.data, [lo]))
+            init = cgutils.get_null_value(vt)
+            for k in range(16):
+                init = builder.insert_element(init, first, ir.Constant(ir.IntType(32), k))
+        else:
+            init = cgutils.get_null_value(vt)
+        builder.store(init, acc)
+        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(i64, 16), intp=i64) as (j, _):
+            ptr = builder.bitcast(builder.gep(ary.data, [j]), vt.as_pointer())
+            v = builder.load(ptr, align=align)
+            m = builder.load(acc)
+            if kind == 0:
+                r = builder.select(builder.fcmp_ordered(">", v, m), v, m)
+            else:
+                r = builder.fadd(v, m)
+            builder.store(r, acc)
+        res = builder.load(acc)
+        items = [builder.extract_element(res, ir.Constant(ir.IntType(32), k)) for k in range(16)]
+        return context.make_tuple(builder, signature.return_type, items)
+
+    return sig, codegen
+
+
+def _contig(a):
+    return np.ascontiguousarray(a)
+
+
+@overload(_contig)
+def _ol_contig(a):
+    if a.layout == "C":
+        return lambda a: a
+    return lambda a: np.ascontiguousarray(a)
+
+
+@njit(**_HELPER)
 def row_max(x):
-    """max of a non-empty row; 16 independent lanes so the loop is not one long dependency chain.
+    """max of a non-empty row over 16 fixed lanes (vector max, order fixed).
     (NaN may be skipped; callers get NaN from the sum of exponentials instead.)"""
+    x = _contig(x)
     n = x.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[0]
-    m8 = m9 = m10 = m11 = m12 = m13 = m14 = m15 = x[0]
     n16 = n - n % 16
-    for j in range(0, n16, 16):
-        v = x[j]
-        m0 = v if v > m0 else m0
-        v = x[j + 1]
-        m1 = v if v > m1 else m1
-        v = x[j + 2]
-        m2 = v if v > m2 else m2
-        v = x[j + 3]
-        m3 = v if v > m3 else m3
-        v = x[j + 4]
-        m4 = v if v > m4 else m4
-        v = x[j + 5]
-        m5 = v if v > m5 else m5
-        v = x[j + 6]
-        m6 = v if v > m6 else m6
-        v = x[j + 7]
-        m7 = v if v > m7 else m7
-        v = x[j + 8]
-        m8 = v if v > m8 else m8
-        v = x[j + 9]
-        m9 = v if v > m9 else m9
-        v = x[j + 10]
-        m10 = v if v > m10 else m10
-        v = x[j + 11]
-        m11 = v if v > m11 else m11
-        v = x[j + 12]
-        m12 = v if v > m12 else m12
-        v = x[j + 13]
-        m13 = v if v > m13 else m13
-        v = x[j + 14]
-        m14 = v if v > m14 else m14
-        v = x[j + 15]
-        m15 = v if v > m15 else m15
+    m = _lanes16(x, 0, n16, 0)  # every lane starts at x[0] (n >= 1)
+    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = m
     for j in range(n16, n):
         v = x[j]
         m0 = v if v > m0 else m0
@@ -231,30 +266,13 @@ def row_max(x):
 _CHUNK = 512  # float32 partial sums of at most this many terms, then added in float64
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def _sum16(a, j0, j1):
-    """a[j0:j1] summed in a's precision over 16 fixed lanes (vectorisable, order fixed)."""
-    z = _like(0.0, a)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
-    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = z
+    """a[j0:j1] summed in a's precision over 16 fixed lanes (vector adds, order fixed)."""
+    a = _contig(a)
     n16 = j0 + (j1 - j0) - (j1 - j0) % 16
-    for j in range(j0, n16, 16):
-        s0 += a[j]
-        s1 += a[j + 1]
-        s2 += a[j + 2]
-        s3 += a[j + 3]
-        s4 += a[j + 4]
-        s5 += a[j + 5]
-        s6 += a[j + 6]
-        s7 += a[j + 7]
-        s8 += a[j + 8]
-        s9 += a[j + 9]
-        s10 += a[j + 10]
-        s11 += a[j + 11]
-        s12 += a[j + 12]
-        s13 += a[j + 13]
-        s14 += a[j + 14]
-        s15 += a[j + 15]
+    s = _lanes16(a, j0, n16, 1)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = s
     for j in range(n16, j1):
         s0 += a[j]
     s0 += s8
@@ -272,7 +290,7 @@ def _sum16(a, j0, j1):
     return np.float64((s0 + s2) + (s1 + s3))
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def _exp_into(src, dst, j0, j1, shift, finite):
     """dst[j] = exp(src[j] - shift) for j0 <= j < j1 (unsigned indices: no wraparound test,
     so LLVM vectorises; src may be dst)."""
@@ -286,7 +304,7 @@ def _exp_into(src, dst, j0, j1, shift, finite):
             dst[j] = fexp(src[j] - shift)
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def _exp_shift_sum(x, shift, g, write_g, finite):
     """sum_j exp(x_j - shift) in float64 (float32 lanes per chunk), storing each term in g if
     write_g. The terms are stored first, then summed back from cache, so the exp loop has no
@@ -332,7 +350,7 @@ def _wx(x, w, j, has_w):
     return np.float64(x[j])
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def _weighted_row_sum(x, w, has_w):
     """sum_j w_j x_j in float64 over 4 fixed lanes."""
     n = x.shape[0]
@@ -348,7 +366,7 @@ def _weighted_row_sum(x, w, has_w):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
     """Cross-entropy of one row of logits ``x`` (C,) with class ``y`` (0 <= y < C).
 
@@ -399,7 +417,7 @@ def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
     return loss
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
     """Cross-entropy of one row of logits ``x`` (C,) with target probabilities ``t`` (C,).
 
@@ -441,7 +459,7 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
     return loss
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
     """Multiclass hinge of one row of scores ``x`` (C,) with class ``y`` (0 <= y < C).
 
@@ -506,7 +524,7 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def sigmoid_bce_item(x, t, w, pw):
     """w * [(1-t) x + (1 + (pw-1) t) log(1 + exp(-x))], PyTorch's BCE-with-logits, stable for
     any x (no cancellation between large terms: log(1+exp(-x)) = -x + log1p(exp(x)) for x < 0)."""
@@ -524,7 +542,7 @@ def sigmoid_bce_item(x, t, w, pw):
     return w * loss, w * (lw * sig - pw * t)
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def huber_item(x, t, delta):
     """0.5 d**2 if |d| <= delta else delta (|d| - delta/2), d = x - t; gradient clip(d)."""
     d = np.float64(x) - np.float64(t)
@@ -534,7 +552,7 @@ def huber_item(x, t, delta):
     return loss, gr
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def hinge_item(x, t, margin, squared):
     """max(0, margin - y x), y = +1 if t > 0 else -1; squared if asked; slope 0 at the kink."""
     y = 1.0 if t > 0 else -1.0
@@ -545,14 +563,14 @@ def hinge_item(x, t, margin, squared):
     return h, (-y if zz > 0.0 else 0.0)
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def mse_item(x, t):
     """(x - t)**2."""
     d = np.float64(x) - np.float64(t)
     return d * d, 2.0 * d
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def mae_item(x, t):
     """|x - t|; gradient sign(x - t) with sign(0) = 0."""
     d = np.float64(x) - np.float64(t)
@@ -560,7 +578,7 @@ def mae_item(x, t):
     return abs(d), s
 
 
-@njit(inline=_INLINE)
+@njit(**_HELPER)
 def kl_div_item(x, t, log_target):
     """PyTorch kl_div: t (log t - x) (0 where t == 0), or exp(t) (t - x) with log_target."""
     x = np.float64(x)

@@ -2,8 +2,9 @@
 
 Every kernel of the contract (``fastloss.backends``) is a thin Python wrapper that
 
-* maps ``None`` arrays to an empty array of the right type (kernels test ``a.shape[0] > 0``), so
-  each kernel compiles once per dtype (and read-only-ness) rather than once per None pattern;
+* maps ``None`` arrays to an empty array of the right type (kernels test ``a.shape[0] > 0``) and
+  passes every input as a read-only array (outputs stay writeable), so each kernel compiles once
+  per dtype rather than once per None pattern and read-only-ness;
 * runs the serial compilation when ``n_threads == 1`` and the ``parallel=True`` compilation of
   the *same* Python function otherwise (``prange`` is ``range`` in the serial one);
 * sums items in float64 over fixed blocks whose count depends on the shape only (never on the
@@ -75,7 +76,32 @@ BUILD_INFO = {"numba": numba.__version__, "cache": _CACHE, "max_threads": _MAX_T
 # an empty row, the "no gradient" signal of the row helpers).
 _E1 = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}
 _E2 = {4: np.empty((1, 0), np.float32), 8: np.empty((1, 0), np.float64)}
-_E64 = np.empty(0, np.float64)
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+# Inputs are always passed as read-only arrays (writeable ones as read-only views, which costs
+# ~0.3 us): Numba types read-only and writeable arrays apart, so this halves the number of
+# compilations (one specialisation serves both) and the empty stand-ins match them. The outputs
+# (grad, loss_out) stay writeable. ``grad`` may still be ``x``: the kernels detect that through
+# the data pointers, which views share.
+_R1 = {4: _readonly(np.empty(0, np.float32)), 8: _readonly(np.empty(0, np.float64))}
+_R64 = _readonly(np.empty(0, np.float64))
+
+
+def _ro(a):
+    """a as a read-only array (a view of it if it is writeable)."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def _ro_or(a, empty):
+    return empty if a is None else _ro(a)
 
 # ---------------------------------------------------------------------------------------------
 # Threads
@@ -183,11 +209,10 @@ _softmax_xent_s, _softmax_xent_p = _twice(_softmax_xent_impl)
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    e1 = _E1[k]
     return _run(_softmax_xent_s, _softmax_xent_p, n_threads,
-                x, labels, e1 if weight is None else weight, int(ignore_index), float(label_smoothing),
+                _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
                 float(z_loss), _E2[k] if grad is None else grad, float(gscale),
-                _E64 if gscale_arr is None else gscale_arr, e1 if loss_out is None else loss_out,
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
                 _n_blocks(x.shape[0], x.shape[1]))
 
 
@@ -230,11 +255,10 @@ _softmax_xent_probs_s, _softmax_xent_probs_p = _twice(_softmax_xent_probs_impl)
 def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
                        grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    e1 = _E1[k]
     return _run(_softmax_xent_probs_s, _softmax_xent_probs_p, n_threads,
-                x, probs, e1 if weight is None else weight, float(label_smoothing), float(z_loss),
+                _ro(x), _ro(probs), _ro_or(weight, _R1[k]), float(label_smoothing), float(z_loss),
                 _E2[k] if grad is None else grad, float(gscale),
-                _E64 if gscale_arr is None else gscale_arr, e1 if loss_out is None else loss_out,
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
                 _n_blocks(x.shape[0], 2 * x.shape[1]))
 
 
@@ -286,11 +310,10 @@ _multiclass_hinge_s, _multiclass_hinge_p = _twice(_multiclass_hinge_impl)
 def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    e1 = _E1[k]
     return _run(_multiclass_hinge_s, _multiclass_hinge_p, n_threads,
-                x, labels, e1 if weight is None else weight, float(margin), bool(squared),
+                _ro(x), _ro(labels), _ro_or(weight, _R1[k]), float(margin), bool(squared),
                 bool(crammer_singer), _E2[k] if grad is None else grad, float(gscale),
-                _E64 if gscale_arr is None else gscale_arr, e1 if loss_out is None else loss_out,
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
                 _n_blocks(x.shape[0], x.shape[1]))
 
 
@@ -340,12 +363,12 @@ def _binary_label_check(t):
 
 def binary_label_check(target):
     """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
-    return int(_binary_label_check(target))
+    return int(_binary_label_check(_ro(target)))
 
 
 def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
-    w = _E64 if weight is None else weight
-    denom, bad = _label_weight_sum(labels, int(n_classes), int(ignore_index), bool(has_ignore), w)
+    w = _R64 if weight is None else _ro(weight)
+    denom, bad = _label_weight_sum(_ro(labels), int(n_classes), int(ignore_index), bool(has_ignore), w)
     return float(denom), int(bad)
 
 
@@ -396,11 +419,15 @@ _sigmoid_bce_s, _sigmoid_bce_p = _twice(_sigmoid_bce_impl)
 
 
 def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads):
-    e1 = _E1[x.dtype.itemsize]
+    k = x.dtype.itemsize
+    r1, e1 = _R1[k], _E1[k]
     return _run(_sigmoid_bce_s, _sigmoid_bce_p, n_threads,
-                x, target, e1 if weight is None else weight, e1 if pos_weight is None else pos_weight,
-                e1 if grad is None else grad, float(gscale), _E64 if gscale_arr is None else gscale_arr,
+                _ro(x), _ro(target), _ro_or(weight, r1), _ro_or(pos_weight, r1),
+                e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
                 e1 if loss_out is None else loss_out, _n_blocks(x.shape[0], 8))
+
+
+_ECHUNK = 256
 
 
 def _make_elementwise(item):
@@ -408,17 +435,36 @@ def _make_elementwise(item):
 
     @njit(**_OPTS)
     def block(x, t, p0, p1, g, gscale, gs_arr, loss_out, lo, hi):
+        # Chunks of _ECHUNK items: the item loop stores the losses in a small buffer (no
+        # reduction in it, unsigned indices: LLVM vectorises it), then the buffer is summed over
+        # 16 fixed lanes. The order depends on the block bounds only: deterministic.
         write_g = g.shape[0] > 0
         has_gs = gs_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
+        simple = write_g and not has_gs and not has_lo
+        buf = np.empty(_ECHUNK)
         acc = 0.0
-        for i in range(lo, hi):
-            loss, d = item(x[i], t[i], p0, p1)
-            if write_g:
-                g[i] = d * (gscale * gs_arr[i] if has_gs else gscale)
-            if has_lo:
-                loss_out[i] = loss
-            acc += loss
+        for c0 in range(lo, hi, _ECHUNK):
+            m = min(_ECHUNK, hi - c0)
+            base = np.uint64(c0)
+            if simple:  # the *_and_grad case, kept free of branches
+                for kk in range(m):
+                    k = np.uint64(kk)
+                    i = base + k
+                    loss, d = item(x[i], t[i], p0, p1)
+                    g[i] = d * gscale
+                    buf[k] = loss
+            else:
+                for kk in range(m):
+                    k = np.uint64(kk)
+                    i = base + k
+                    loss, d = item(x[i], t[i], p0, p1)
+                    if write_g:
+                        g[i] = d * (gscale * gs_arr[i] if has_gs else gscale)
+                    if has_lo:
+                        loss_out[i] = loss
+                    buf[k] = loss
+            acc += fm._sum16(buf, 0, m)
         return acc
 
     def impl(x, t, p0, p1, g, gscale, gs_arr, loss_out, n_blocks):
@@ -469,8 +515,8 @@ _kl_div_k = _make_elementwise(_kl_div2)
 
 def _elementwise(kernels, x, target, p0, p1, grad, gscale, gscale_arr, loss_out, n_threads):
     e1 = _E1[x.dtype.itemsize]
-    return _run(kernels[0], kernels[1], n_threads, x, target, p0, p1,
-                e1 if grad is None else grad, float(gscale), _E64 if gscale_arr is None else gscale_arr,
+    return _run(kernels[0], kernels[1], n_threads, _ro(x), _ro(target), p0, p1,
+                e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
                 e1 if loss_out is None else loss_out, _n_blocks(x.shape[0], 1))
 
 
