@@ -126,7 +126,11 @@ class BuildExt(build_ext):
         else:
             # -O3 vectorises the lane loops; never -ffast-math (it breaks NaN/inf semantics).
             # -fno-math-errno / -fno-trapping-math change no result, they only free the vectoriser.
-            base = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+            # -ffp-contract=off: no implicit a*b+c -> fma (it changes results such as w*lse - w*x,
+            # which must be exactly 0 where the reference's is); _simd.h asks for fma explicitly
+            # in its polynomials (FL_FMA), where it only adds accuracy.
+            base = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math",
+                                                "-ffp-contract=off"]
             isa_flags = {"avx2": ["-mavx2", "-mfma"],
                          "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
                                     "-mprefer-vector-width=512"]}

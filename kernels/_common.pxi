@@ -9,6 +9,16 @@ cdef extern from "_simd.h" nogil:
     double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift)
     double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift)
     void fl_row_scale_f(float* g, Py_ssize_t n, float k)
+    void fl_row_scalestream_f(const float* e, float* g, Py_ssize_t n, float k,
+                              const float* w, float k2, int wmode)
+    void fl_row_scalestream_d(const double* e, double* g, Py_ssize_t n, double k,
+                              const double* w, double k2, int wmode)
+    void fl_sfence()
+    void fl_tile_expsub_f(const float* x, const float* sb, float* out, Py_ssize_t n)
+    void fl_tile_expsub_d(const double* x, const double* sb, double* out, Py_ssize_t n)
+    void fl_tile_mul_f(float* g, const float* kb, Py_ssize_t n)
+    void fl_tile_mul_d(double* g, const double* kb, Py_ssize_t n)
+    void fl_log_arr(const double* s, double* out, Py_ssize_t n)
     void fl_row_scale_d(double* g, Py_ssize_t n, double k)
     void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
     void fl_row_scale_sub_d(double* g, Py_ssize_t n, double k, const double* w, double k2)
@@ -16,6 +26,12 @@ cdef extern from "_simd.h" nogil:
     double fl_row_sum_d(const double* x, Py_ssize_t n)
     double fl_row_dot_f(const float* w, const float* x, Py_ssize_t n)
     double fl_row_dot_d(const double* w, const double* x, Py_ssize_t n)
+    double fl_ew_block_f(int kind, const float* x, const float* t, const float* w, const float* pw,
+                         Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         float* g, double gscale, const double* gsa, float* lo)
+    double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
+                         Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         double* g, double gscale, const double* gsa, double* lo)
     int FL_HAVE_OPENMP
     const char* FL_ISA_NAME
     int fl_cpu_has_avx2_fma()
@@ -52,6 +68,31 @@ cdef inline void row_scale_sub(floating* g, Py_ssize_t n, double k, const floati
         fl_row_scale_sub_d(g, n, k, w, k2)
 
 
+cdef inline void row_scale_stream(const floating* e, floating* g, Py_ssize_t n, double k,
+                                  const floating* w, double k2) noexcept nogil:
+    """g_j = e_j k - w_j k2 (w NULL: - k2; k2 == 0: no term) with streaming stores (e is a
+    scratch row): the values row_scale_sub computes in place, without g ever being read."""
+    cdef int wmode = 0 if k2 == 0 else (1 if w == NULL else 2)
+    if floating is float:
+        fl_row_scalestream_f(e, g, n, <float>k, w, <float>k2, wmode)
+    else:
+        fl_row_scalestream_d(e, g, n, k, w, k2, wmode)
+
+
+cdef inline void tile_expsub(const floating* x, const floating* sb, floating* out, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fl_tile_expsub_f(x, sb, out, n)
+    else:
+        fl_tile_expsub_d(x, sb, out, n)
+
+
+cdef inline void tile_mul(floating* g, const floating* kb, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fl_tile_mul_f(g, kb, n)
+    else:
+        fl_tile_mul_d(g, kb, n)
+
+
 cdef inline double row_wdot(const floating* w, const floating* x, Py_ssize_t n) noexcept nogil:
     """sum_j w_j x_j (w NULL: sum_j x_j) in double; terms with w_j == 0 are 0."""
     if w == NULL:
@@ -76,6 +117,11 @@ cdef inline void row_fill(floating* g, Py_ssize_t n, double v) noexcept nogil:
 
 cdef enum:
     MAX_BLOCKS = 256   # items are cut into min(n_items, MAX_BLOCKS) equal blocks
+
+
+cdef enum:
+    STREAM_MIN_BYTES = 8 << 20   # gradients at least this big are written with streaming stores
+    STREAM_MIN_ROW_BYTES = 32768 # ... when their rows are at least this long
 
 
 cdef inline Py_ssize_t n_blocks_for(Py_ssize_t n_items) noexcept nogil:

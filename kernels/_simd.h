@@ -61,6 +61,16 @@ static int fl_cpu_has_avx512(void) {
 #endif
 }
 
+/* fused multiply-add where the ISA has it (the build uses -ffp-contract=off, so a*b+c is never
+ * fused implicitly); a plain a*b+c otherwise (fma() without hardware FMA is a slow libm call). */
+#if defined(__FMA__) || defined(__AVX512F__)
+#define FL_FMAF(a, b, c) fmaf((a), (b), (c))
+#define FL_FMA(a, b, c) fma((a), (b), (c))
+#else
+#define FL_FMAF(a, b, c) ((a) * (b) + (c))
+#define FL_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 typedef union { float f; uint32_t u; } fl_f32u;
 typedef union { double f; uint64_t u; } fl_f64u;
 
@@ -76,16 +86,16 @@ FL_INLINE float fl_expf(float x) {
     /* no clamping: outside [lo, hi] (and for +-inf) the arithmetic below may give garbage or NaN,
      * which the two selects at the end replace; NaN inputs give NaN through r and p. */
     float xc = x;
-    float fn = (xc * 1.44269504088896341f + magic) - magic;
-    float r = xc - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
+    float fn = FL_FMAF(xc, 1.44269504088896341f, magic) - magic;
+    float r = FL_FMAF(fn, -0.693359375f, xc);
+    r = FL_FMAF(fn, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    p = FL_FMAF(p, r, 1.3981999507e-3f);
+    p = FL_FMAF(p, r, 8.3334519073e-3f);
+    p = FL_FMAF(p, r, 4.1665795894e-2f);
+    p = FL_FMAF(p, r, 1.6666665459e-1f);
+    p = FL_FMAF(p, r, 5.0000001201e-1f);
+    p = FL_FMAF(p, r * r, r) + 1.0f;
     float h = (fn * 0.5f + magic) - magic;
     fl_f32u s1, s2;
     s1.f = h + 8388735.0f; /* 2^23 + 127: the mantissa holds h + 127 */
@@ -103,9 +113,9 @@ FL_INLINE double fl_exp(double x) {
     const double hi = 709.782712893384;   /* exp(x) > DBL_MAX above */
     const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
     double xc = x; /* see fl_expf */
-    double fn = (xc * 1.4426950408889634 + magic) - magic;
-    double r = xc - fn * 6.93145751953125e-1;
-    r = r - fn * 1.42860682030941723212e-6;
+    double fn = FL_FMA(xc, 1.4426950408889634, magic) - magic;
+    double r = FL_FMA(fn, -6.93145751953125e-1, xc);
+    r = FL_FMA(fn, -1.42860682030941723212e-6, r);
     double rr = r * r;
     double px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
                      + 9.99999999999999999910e-1);
@@ -143,6 +153,43 @@ FL_INLINE double fl_exp(double x) {
 #define FL_IVDEP _Pragma("GCC ivdep")
 #else
 #define FL_IVDEP
+#endif
+
+/* Non-temporal ("streaming") stores of a buffer: the gradient of a large problem is written once
+ * and not read again by the kernel, so it bypasses the cache (no read-for-ownership of the
+ * destination lines: 2 memory streams per element instead of 3, as memcpy does). Unaligned head
+ * and tail elements get plain stores. fl_sfence() orders them before the kernel returns. */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <immintrin.h>
+#define FL_HAVE_STREAM 1
+FL_INLINE void fl_sfence(void) { _mm_sfence(); }
+FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) {
+    ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + 16 <= n; k += 16) _mm512_stream_ps(dst + k, _mm512_loadu_ps(src + k));
+#elif defined(__AVX__)
+    for (; k + 8 <= n; k += 8) _mm256_stream_ps(dst + k, _mm256_loadu_ps(src + k));
+#else
+    for (; k + 4 <= n; k += 4) _mm_stream_ps(dst + k, _mm_loadu_ps(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) {
+    ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + 8 <= n; k += 8) _mm512_stream_pd(dst + k, _mm512_loadu_pd(src + k));
+#elif defined(__AVX__)
+    for (; k + 4 <= n; k += 4) _mm256_stream_pd(dst + k, _mm256_loadu_pd(src + k));
+#else
+    for (; k + 2 <= n; k += 2) _mm_stream_pd(dst + k, _mm_loadu_pd(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+#else
+#define FL_HAVE_STREAM 0
+FL_INLINE void fl_sfence(void) {}
+FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
+FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
 #endif
 
 #define FL_ROW_FUNCS(T, SUF, EXP, NL)                                                             \
@@ -201,6 +248,43 @@ static inline double fl_row_expsum_##SUF(const T* x, T* g, ptrdiff_t n, T shift)
     }                                                                                            \
     return fl_lanes_total_##SUF(acc, tail);                                                      \
 }                                                                                                \
+static inline void fl_row_scalestream_##SUF(const T* e, T* g, ptrdiff_t n, T k,                  \
+                                            const T* w, T k2, int wmode) {                        \
+    /* g_j = e_j k [- w_j k2 (wmode 2) | - k2 (wmode 1)] with streaming stores: e is the row's    \
+     * exps in a cache-resident scratch row, so g is written once and never read. */              \
+    T buf[FL_BLK];                                                                               \
+    ptrdiff_t j = 0, k0, m;                                                                      \
+    /* head: up to the first 64-byte aligned element of g */                                     \
+    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)g & 63)) & 63) / sizeof(T));                  \
+    if (((uintptr_t)g & (sizeof(T) - 1)) != 0) head = n; /* misaligned elements: plain stores */ \
+    while (j < n) {                                                                              \
+        m = n - j < FL_BLK ? n - j : FL_BLK;                                                     \
+        if (j < head && head - j < m) m = head - j;                                              \
+        const T* es = e + j;                                                                     \
+        const T* ws = w != NULL ? w + j : NULL;                                                  \
+        if (wmode == 2) {                                                                        \
+            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k - ws[k0] * k2;                      \
+        } else if (wmode == 1) {                                                                 \
+            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k - k2;                                \
+        } else {                                                                                 \
+            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k;                                     \
+        }                                                                                        \
+        if (j < head) { for (k0 = 0; k0 < m; k0++) g[j + k0] = buf[k0]; }                        \
+        else fl_stream_##SUF(g + j, buf, m);                                                     \
+        j += m;                                                                                  \
+    }                                                                                            \
+}                                                                                                \
+static inline void fl_tile_expsub_##SUF(const T* x, const T* sb, T* out, ptrdiff_t n) {          \
+    /* out_k = exp(x_k - sb_k) over a tile of short rows (out may be x: same index only) */      \
+    ptrdiff_t k;                                                                                 \
+    FL_IVDEP                                                                                     \
+    for (k = 0; k < n; k++) out[k] = EXP(x[k] - sb[k]);                                          \
+}                                                                                                \
+static inline void fl_tile_mul_##SUF(T* g, const T* kb, ptrdiff_t n) {                           \
+    ptrdiff_t k;                                                                                 \
+    FL_IVDEP                                                                                     \
+    for (k = 0; k < n; k++) g[k] = g[k] * kb[k];                                                 \
+}                                                                                                \
 static inline void fl_row_scale_##SUF(T* g, ptrdiff_t n, T k) {                                  \
     ptrdiff_t j;                                                                                 \
     FL_IVDEP                                                                                     \
@@ -240,5 +324,175 @@ static inline double fl_row_dot_##SUF(const T* w, const T* x, ptrdiff_t n) {    
 
 FL_ROW_FUNCS(float, f, fl_expf, 16)
 FL_ROW_FUNCS(double, d, fl_exp, 8)
+
+
+/* ---- log ----------------------------------------------------------------------------------
+ * fdlibm's log (< 1 ulp), branch-free so that it vectorises: x = 2^k m, m in [sqrt(2)/2, sqrt(2)),
+ * log(m) from s = f/(2+f) and the Lg1..Lg7 minimax polynomial. Subnormals are scaled by 2^54
+ * first; specials by selects: log(0) = -inf, log(x<0) = NaN, log(inf) = inf, log(NaN) = NaN. */
+FL_INLINE double fl_log(double x) {
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
+                 Lg3 = 2.857142874366239149e-01, Lg4 = 2.222219843214978396e-01,
+                 Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
+                 Lg7 = 1.479819860511658591e-01;
+    int sub = x < 2.2250738585072014e-308;
+    double xs = sub ? x * 18014398509481984.0 : x;
+    fl_f64u u, e;
+    u.f = xs;
+    uint64_t hx = u.u + (0x3ff0000000000000ULL - 0x3fe6a09e667f3bcdULL);
+    e.u = (hx >> 52) | 0x4330000000000000ULL;          /* 2^52 + biased exponent */
+    double dk = (e.f - 4503599627370496.0) - (sub ? 1077.0 : 1023.0);
+    u.u = (hx & 0x000fffffffffffffULL) + 0x3fe6a09e667f3bcdULL;
+    double f = u.f - 1.0;
+    double hfsq = 0.5 * f * f;
+    double s = f / (2.0 + f);
+    double z = s * s, w = z * z;
+    double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
+    double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
+    double r = s * (hfsq + t1 + t2) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
+    r = x == 0 ? -(double)INFINITY : r;
+    r = x < 0 ? (double)NAN : r;
+    r = x == (double)INFINITY ? x : r;
+    r = x != x ? x : r;
+    return r;
+}
+
+static inline void fl_log_arr(const double* s, double* out, ptrdiff_t n) {
+    ptrdiff_t k;
+    for (k = 0; k < n; k++) out[k] = fl_log(s[k]);
+}
+
+/* ---- elementwise losses ---------------------------------------------------------------------
+ * Branch-free, vectorisable versions of the item formulas of fastloss/formulas.pxd (same
+ * expressions, same NaN/inf results; they are checked against it by the test-suite). All work
+ * in double. A block [start, stop) runs in chunks of FL_EW_CHUNK: a compute loop (inputs -> local
+ * loss/grad buffers), a store loop (grad, loss_out) and a sum of the chunk's losses in 8 fixed
+ * double lanes: the order depends only on start/stop, so sums are thread-count independent. The
+ * compute loop reads a chunk's inputs before the store loop writes its grad (grad may be x). */
+enum { FL_EW_SIGMOID_BCE = 0, FL_EW_HUBER, FL_EW_HINGE, FL_EW_MSE, FL_EW_MAE, FL_EW_KL_DIV };
+#define FL_EW_CHUNK 512
+
+FL_INLINE double fl_sigmoid_bce_item(double x, double t, double w, double pw, double* g) {
+    /* e = exp(-|x|); sigmoid(x) = 1/(1+e) or e/(1+e); log1pexp(-x) = max(-x,0) + log1p(e),
+     * log1p(e) = log(u) + (e - (u-1))/u with u = 1+e (u-1 exact) */
+    double e = fl_exp(-fabs(x));
+    double u = 1.0 + e;
+    double ru = 1.0 / u;
+    double sg = x >= 0 ? ru : e * ru;
+    double l1p = fl_log(u) + (e - (u - 1.0)) * ru;
+    double mx = -x > 0 ? -x : 0.0;
+    double L = mx + l1p;
+    double lw = 1.0 + (pw - 1.0) * t;
+    sg = x != x ? x : sg;
+    *g = w * (lw * sg - pw * t);
+    return w * ((1.0 - t) * x + lw * L);
+}
+
+FL_INLINE double fl_huber_item(double d, double delta, double* g) {
+    double ad = fabs(d);
+    double gg = d > delta ? delta : d;
+    *g = d < -delta ? -delta : gg;
+    return ad <= delta ? 0.5 * d * d : delta * (ad - 0.5 * delta);
+}
+
+FL_INLINE double fl_hinge_item(double x, double t, double margin, int squared, double* g) {
+    double y = t > 0 ? 1.0 : -1.0;
+    double z = margin - y * x;
+    double h = z <= 0 ? 0.0 : z;
+    if (squared) { *g = -2.0 * h * y; return h * h; }
+    *g = z > 0 ? -y : 0.0;
+    return h;
+}
+
+FL_INLINE double fl_mae_item(double d, double* g) {
+    double s = d < 0 ? -1.0 : d;
+    *g = d > 0 ? 1.0 : s;
+    return fabs(d);
+}
+
+FL_INLINE double fl_kl_div_item(double x, double t, int log_target, double* g) {
+    if (log_target) {
+        double et = fl_exp(t);
+        *g = -et;
+        return et * (t - x);
+    }
+    *g = -t;
+    double l = t * (fl_log(t) - x);
+    return t == 0 ? 0.0 : l;
+}
+
+#define FL_EW_LOOP(BODY)                                                                          \
+    do {                                                                                          \
+        FL_IVDEP                                                                                  \
+        for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;                 \
+                                  lb[k] = (BODY); gb[k] = gi_; }                                  \
+    } while (0)
+
+#define FL_EW_FUNCS(T, SUF)                                                                       \
+static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, const T* pw,        \
+                                ptrdiff_t n_pw, double a, int flag, ptrdiff_t start,              \
+                                ptrdiff_t stop, T* g, double gscale, const double* gsa, T* lo) {  \
+    double lb[FL_EW_CHUNK], gb[FL_EW_CHUNK], pwb[FL_EW_CHUNK];                                    \
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                     \
+    double tail = 0.0;                                                                            \
+    ptrdiff_t j = start, k, l, ip = n_pw > 0 ? start % n_pw : 0;                                  \
+    while (j < stop) {                                                                            \
+        ptrdiff_t m = stop - j < FL_EW_CHUNK ? stop - j : FL_EW_CHUNK;                            \
+        switch (kind) {                                                                           \
+        case FL_EW_SIGMOID_BCE:                                                                   \
+            if (pw != NULL) {                                                                     \
+                for (k = 0; k < m; k++) { pwb[k] = pw[ip]; if (++ip == n_pw) ip = 0; }            \
+                if (w != NULL)                                                                    \
+                    FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], w[i], pwb[k], &gi_));              \
+                else                                                                              \
+                    FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], 1.0, pwb[k], &gi_));               \
+            } else if (w != NULL)                                                                 \
+                FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], w[i], 1.0, &gi_));                     \
+            else                                                                                  \
+                FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], 1.0, 1.0, &gi_));                      \
+            break;                                                                                \
+        case FL_EW_HUBER:                                                                         \
+            FL_EW_LOOP(fl_huber_item((double)x[i] - (double)t[i], a, &gi_));                      \
+            break;                                                                                \
+        case FL_EW_HINGE:                                                                         \
+            if (flag) FL_EW_LOOP(fl_hinge_item(x[i], t[i], a, 1, &gi_));                          \
+            else FL_EW_LOOP(fl_hinge_item(x[i], t[i], a, 0, &gi_));                               \
+            break;                                                                                \
+        case FL_EW_MSE:                                                                           \
+            FL_EW_LOOP((gi_ = 2.0 * ((double)x[i] - (double)t[i]),                                \
+                        ((double)x[i] - (double)t[i]) * ((double)x[i] - (double)t[i])));          \
+            break;                                                                                \
+        case FL_EW_MAE:                                                                           \
+            FL_EW_LOOP(fl_mae_item((double)x[i] - (double)t[i], &gi_));                           \
+            break;                                                                                \
+        default:                                                                                  \
+            if (flag) FL_EW_LOOP(fl_kl_div_item(x[i], t[i], 1, &gi_));                            \
+            else FL_EW_LOOP(fl_kl_div_item(x[i], t[i], 0, &gi_));                                 \
+            break;                                                                                \
+        }                                                                                         \
+        if (g != NULL) {                                                                          \
+            T* gj = g + j;                                                                        \
+            if (gsa != NULL) {                                                                    \
+                const double* sj = gsa + j;                                                       \
+                for (k = 0; k < m; k++) gj[k] = (T)(gb[k] * (gscale * sj[k]));                    \
+            } else {                                                                              \
+                for (k = 0; k < m; k++) gj[k] = (T)(gb[k] * gscale);                              \
+            }                                                                                     \
+        }                                                                                         \
+        if (lo != NULL) {                                                                         \
+            T* lj = lo + j;                                                                       \
+            for (k = 0; k < m; k++) lj[k] = (T)lb[k];                                             \
+        }                                                                                         \
+        for (k = 0; k + 8 <= m; k += 8)                                                           \
+            for (l = 0; l < 8; l++) acc[l] += lb[k + l];                                          \
+        for (; k < m; k++) tail += lb[k];                                                         \
+        j += m;                                                                                   \
+    }                                                                                             \
+    return fl_lanes_total_d(acc, tail);                                                           \
+}
+
+FL_EW_FUNCS(float, f)
+FL_EW_FUNCS(double, d)
 
 #endif /* FASTLOSS_SIMD_H */

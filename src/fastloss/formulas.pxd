@@ -111,6 +111,20 @@ cdef inline double softmax_xent_coef(double lse, double w_y, double eps, double 
     return a
 
 
+cdef inline double softmax_xent_grad_y(double e_y, double s, double lse, double w_y, double eps,
+                                       double inv_c, double w_sum, double z) noexcept nogil:
+    """grad_y / scale = p_y A - (1-eps) w_y - eps w_y / C (A as softmax_xent_coef, p_y = e_y / s),
+    arranged so that nothing cancels: (1-eps) w_y (p_y - 1) + eps/C (W p_y - w_y) + 2 z w_y lse p_y,
+    with p_y - 1 = (e_y - s) / s (exactly 0 for a row whose other classes have no mass)."""
+    cdef double p_y = e_y / s
+    cdef double g = (1.0 - eps) * w_y * ((e_y - s) / s)
+    if eps != 0:
+        g += eps * inv_c * (w_sum * p_y - w_y)
+    if z != 0:
+        g += 2.0 * z * w_y * lse * p_y
+    return g
+
+
 cdef inline double softmax_xent_probs_loss(double lse, double r, double tx_sum, double z) noexcept nogil:
     """sum_c a_c (lse - x_c) + z r lse^2 with a_c = w_c t'_c, r = sum_c a_c, tx_sum = sum a_c x_c
     (terms with a_c == 0 left out)."""

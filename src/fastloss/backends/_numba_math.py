@@ -431,31 +431,31 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
     keep = 1.0 - eps
     add = eps * inv_c
     m = row_max(x)
+    finite = abs(m) < np.inf
+    shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
+    shift64 = np.float64(shift)
     r = 0.0
-    q = 0.0
+    q = 0.0  # sum_j a_j (shift - x_j) >= 0: no cancellation against r * log(s)
     for j in range(n):
         tj = keep * np.float64(t[j]) + add
         if has_w:
             tj *= np.float64(w[j])
         r += tj
-        q += tj * np.float64(x[j]) if tj != 0.0 else 0.0
-    finite = abs(m) < np.inf
-    shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
+        q += tj * (shift64 - np.float64(x[j])) if tj != 0.0 else 0.0
     s = _exp_shift_sum(x, shift, g, write_g, finite)
-    lse = np.float64(shift) + math.log(s)
-    loss = r * lse - q
+    lse = shift64 + math.log(s)
+    loss = r * math.log(s) + q
     if z != 0.0:
         loss += z * r * lse * lse
     if write_g:
-        coef = r
-        if z != 0.0:
-            coef += 2.0 * z * r * lse
-        a = gscale * coef / s
+        a = gscale * r / s
+        az = gscale * 2.0 * z * r * lse / s if z != 0.0 else 0.0
         for j in range(n):
             tj = keep * np.float64(t[j]) + add
             if has_w:
                 tj *= np.float64(w[j])
-            g[j] = np.float64(g[j]) * a - gscale * tj
+            e = np.float64(g[j])
+            g[j] = (e * a - gscale * tj) + e * az  # p r - a_j first: exact where p = t
     return loss
 
 
