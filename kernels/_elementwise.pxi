@@ -131,13 +131,18 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
 
 
 def binary_label_check(const floating[::1] t):
-    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
-    cdef Py_ssize_t i, n = t.shape[0], bad = -1
+    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
+    A branch-free count runs first (it vectorises); the position is searched only on failure."""
+    cdef Py_ssize_t i, n = t.shape[0], n_bad = 0, first = -1
     cdef floating v
     with nogil:
         for i in range(n):
             v = t[i]
-            if v != 1 and v != -1 and v != 0 and v == v:
-                bad = i
-                break
-    return bad
+            n_bad += (v != 1) & (v != -1) & (v != 0) & (v == v)
+        if n_bad:
+            for i in range(n):
+                v = t[i]
+                if v != 1 and v != -1 and v != 0 and v == v:
+                    first = i
+                    break
+    return first

@@ -354,10 +354,16 @@ def _label_weight_sum(labels, n_classes, ignore_index, has_ignore, w):
 
 @njit(**_OPTS)
 def _binary_label_check(t):
+    # a branch-free count first (it vectorises); the position is searched only on failure
+    n_bad = 0
     for i in range(t.shape[0]):
         v = t[i]
-        if v != 1 and v != -1 and v != 0 and v == v:
-            return i
+        n_bad += (v != 1) & (v != -1) & (v != 0) & (v == v)
+    if n_bad:
+        for i in range(t.shape[0]):
+            v = t[i]
+            if v != 1 and v != -1 and v != 0 and v == v:
+                return i
     return -1
 
 
