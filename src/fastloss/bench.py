@@ -274,6 +274,24 @@ def format_table(report):
     return "\n".join(lines)
 
 
+def format_markdown(report, min_elements=1 << 20):
+    """The large workloads of ``report`` as a Markdown table (what README.md shows)."""
+    m = report["machine"]
+    lines = [f"{m['processor']}, {m['threads']} threads, {m['date']}; NumPy {m['numpy']}, Numba "
+             f"{m.get('numba', '-')}, PyTorch {m.get('torch', '-')}, JAX {m.get('jax', '-')}; copy bandwidth "
+             f"{report['copy_gbps']:.1f} GB/s (read + write).", "",
+             "| loss | shape | backend | median | GB/s | % of copy | vs NumPy | vs PyTorch | vs JAX |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if np.prod(r["shape"]) < min_elements:
+            continue
+        ratio = lambda k: f"{r[k]:.1f}x" if k in r else ""
+        lines.append(f"| {r['loss']} | {'x'.join(map(str, r['shape']))} | {r['backend']} | "
+                     f"{_fmt_time(r['median_s']).strip()} | {r['gbps']:.1f} | {r['pct_copy']:.0f}% | "
+                     f"{ratio('x_numpy')} | {ratio('x_torch')} | {ratio('x_jax')} |")
+    return "\n".join(lines)
+
+
 def plot(report, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -307,8 +325,14 @@ def main(argv=None):
     parser.add_argument("--startup", action="store_true",
                         help="also time numba's first call per loss with --quick (always done without)")
     parser.add_argument("--json", metavar="FILE", help="also write the data as JSON")
+    parser.add_argument("--markdown", metavar="JSON", help="print the large workloads of a kept JSON report "
+                        "as a Markdown table, and exit")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(format_markdown(json.load(f)))
+        return
     if args.threads:
         fastloss.set_num_threads(args.threads)
     report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
