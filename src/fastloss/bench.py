@@ -52,6 +52,22 @@ def copy_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
     return 2 * src.nbytes / np.median(times) / 1e9
 
 
+def read_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
+    """GB/s of a large array read (summed) by ``n_threads`` Python threads (NumPy releases the GIL)."""
+    src = np.ones(nbytes // 8)
+    chunks = np.array_split(src, n_threads)
+    with ThreadPoolExecutor(n_threads) as pool:
+        def read():
+            list(pool.map(np.sum, chunks))
+        read()
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            read()
+            times.append(time.perf_counter() - t0)
+    return src.nbytes / np.median(times) / 1e9
+
+
 def make_problem(name, shape, dtype, rng):
     spec = SPECS[name]
     x = rng.standard_normal(shape).astype(dtype)
@@ -202,6 +218,20 @@ def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
                                     if peer in times}))
             del x, t
     report = dict(machine=machine_info(threads), copy_gbps=bandwidth, results=rows)
+    if "softmax_xent" in (losses or SPECS):  # the forward alone reads the logits once, writes nothing
+        report["read_gbps"] = read_bw = read_bandwidth(threads)
+        forward = []
+        for shape in sizes["softmax_xent"][1:]:
+            x, t = make_problem("softmax_xent", shape, dtype, rng)
+            funcs = {b: (lambda b=b: fastloss.softmax_xent(x, t, backend=b)) for b in ("numpy", "cython", "numba")
+                     if available(b)}
+            times = time_interleaved(funcs, rounds)
+            nbytes = x.nbytes + t.nbytes
+            forward += [dict(loss="softmax_xent", entry="loss", shape=list(shape), backend=b, median_s=sec,
+                             gbps=nbytes / sec / 1e9, pct_read=100 * nbytes / sec / 1e9 / read_bw,
+                             x_numpy=times["numpy"] / sec) for b, sec in times.items()]
+            del x, t
+        report["forward_only"] = forward
     if startup and available("numba"):
         first = startup_times(losses or SPECS)
         report["numba_first_call_s"] = {k: v[1] for k, v in first.items()}
@@ -267,6 +297,11 @@ def format_table(report):
         lines.append(f"{r['loss']:17s} {'x'.join(map(str, r['shape'])):>14s} {r['backend']:8s} "
                      f"{_fmt_time(r['median_s'])} {r['gbps']:7.1f} {r['pct_copy']:6.0f}% "
                      f"{ratio('x_numpy', 8)} {ratio('x_torch', 8)} {ratio('x_jax', 6)} {ratio('x_optax', 8)}")
+    if report.get("forward_only"):
+        lines += ["", f"forward only (softmax_xent, logits read once; read bandwidth {report['read_gbps']:.1f} GB/s):"]
+        for r in report["forward_only"]:
+            lines.append(f"{'x'.join(map(str, r['shape'])):>14s} {r['backend']:8s} {_fmt_time(r['median_s'])} "
+                         f"{r['gbps']:7.1f} GB/s {r['pct_read']:5.0f}% of read {r['x_numpy']:6.1f}x numpy")
     if "numba_first_call_s" in report:
         lines += ["", f"import fastloss: {report['import_s'] * 1e3:.0f} ms; numba time to first result "
                   "(compile + run, fresh process): " + ", ".join(
