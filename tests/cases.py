@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import fastloss
-from fastloss import reference
 from fastloss._dispatch import BackendUnavailable, get_backend
 from fastloss._specs import CLASSES, CLASSES_OR_PROBS, ROWS, SPECS
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cases import CPU_BACKENDS, OPTION_CASES, backend_or_skip, call, make_inputs, seeded_rng
+from cases import CPU_BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss._specs import ROWS, SPECS
 
 

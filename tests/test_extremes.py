@@ -7,7 +7,7 @@ import pytest
 
 from cases import CPU_BACKENDS, DTYPES, TOL, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss import reference
-from fastloss._specs import ROWS, SPECS
+from fastloss._specs import SPECS
 
 INF = np.inf
 EXTREMES = {

@@ -10,7 +10,6 @@ import numpy as np
 
 from ._specs import CLASSES, CLASSES_OR_PROBS, ELEMENTS
 
-ENTRIES = ("loss", "grad", "loss_and_grad")
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -217,12 +216,6 @@ def check_out(spec, out, shape, dtype, what, readonly_inputs=()):
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
             raise ValueError(f"{spec.name}: out shares memory with {name}; it may alias only the input itself")
     return out
-
-
-def check_backend_name(backend, known):
-    if not isinstance(backend, str) or backend not in known:
-        raise ValueError(f"backend must be one of {tuple(known)}, got {backend!r}")
-    return backend
 
 
 def size_of(shape):
