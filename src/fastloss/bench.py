@@ -33,39 +33,33 @@ QUICK = {
 }
 
 
-def copy_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
-    """GB/s of bytes read + written by a memcpy split over ``n_threads`` Python threads
-    (NumPy releases the GIL while copying)."""
-    src = np.ones(nbytes // 8)
-    dst = np.empty_like(src)
-    chunks = np.array_split(np.arange(src.size), n_threads)
-    bounds = [(c[0], c[-1] + 1) for c in chunks]
+def _median_parallel_seconds(task, parts, n_threads, rounds):
+    """Median seconds of running ``task`` over ``parts`` on ``n_threads`` Python threads
+    (NumPy releases the GIL), after one warm-up round."""
     with ThreadPoolExecutor(n_threads) as pool:
-        def copy():
-            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
-        copy()
+        def once():
+            list(pool.map(task, parts))
+        once()
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            copy()
+            once()
             times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / np.median(times) / 1e9
+    return float(np.median(times))
+
+
+def copy_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
+    """GB/s of bytes read + written by a memcpy split over ``n_threads`` threads."""
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    pairs = list(zip(np.array_split(dst, n_threads), np.array_split(src, n_threads)))
+    return 2 * src.nbytes / _median_parallel_seconds(lambda p: np.copyto(*p), pairs, n_threads, rounds) / 1e9
 
 
 def read_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
-    """GB/s of a large array read (summed) by ``n_threads`` Python threads (NumPy releases the GIL)."""
+    """GB/s of a large array read (summed) by ``n_threads`` threads."""
     src = np.ones(nbytes // 8)
-    chunks = np.array_split(src, n_threads)
-    with ThreadPoolExecutor(n_threads) as pool:
-        def read():
-            list(pool.map(np.sum, chunks))
-        read()
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            read()
-            times.append(time.perf_counter() - t0)
-    return src.nbytes / np.median(times) / 1e9
+    return src.nbytes / _median_parallel_seconds(np.sum, np.array_split(src, n_threads), n_threads, rounds) / 1e9
 
 
 def make_problem(name, shape, dtype, rng):

@@ -28,23 +28,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import KERNEL_NAMES
 from . import _numba_math as fm
 
-AVAILABLE = True
-WHY_UNAVAILABLE = ""
-
-__all__ = [
-    "softmax_xent",
-    "softmax_xent_probs",
-    "multiclass_hinge",
-    "label_weight_sum",
-    "sigmoid_bce",
-    "huber",
-    "hinge",
-    "mse",
-    "mae",
-    "kl_div",
-]
+__all__ = list(KERNEL_NAMES)
 
 
 def _prefer_omp():
