@@ -6,8 +6,8 @@ cdef extern from "_simd.h" nogil:
     double fl_exp(double x)
     float fl_row_max_f(const float* x, Py_ssize_t n)
     double fl_row_max_d(const double* x, Py_ssize_t n)
-    double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift)
-    double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift)
+    double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift, const float* pf)
+    double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift, const double* pf)
     void fl_row_scale_f(float* g, Py_ssize_t n, float k)
     void fl_row_scalestream_f(const float* e, float* g, Py_ssize_t n, float k,
                               const float* w, float k2, int wmode)
@@ -47,12 +47,14 @@ cdef inline floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
         return fl_row_max_d(x, n)
 
 
-cdef inline double row_expsum(const floating* x, floating* g, Py_ssize_t n, floating shift) noexcept nogil:
-    """sum_j exp(x_j - shift) in double; exps stored to g when g != NULL (g may be x)."""
+cdef inline double row_expsum(const floating* x, floating* g, Py_ssize_t n, floating shift,
+                              const floating* pf) noexcept nogil:
+    """sum_j exp(x_j - shift) in double; exps stored to g when g != NULL (g may be x); the n
+    values at pf (the next row, or NULL) are prefetched into L2 meanwhile."""
     if floating is float:
-        return fl_row_expsum_f(x, g, n, shift)
+        return fl_row_expsum_f(x, g, n, shift, pf)
     else:
-        return fl_row_expsum_d(x, g, n, shift)
+        return fl_row_expsum_d(x, g, n, shift, pf)
 
 
 cdef inline void row_scale_sub(floating* g, Py_ssize_t n, double k, const floating* w, double k2) noexcept nogil:

@@ -53,7 +53,8 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
         # pass 2 (streaming: the exps go to a per-block scratch row that stays in cache, and
         # pass 3 writes the gradient from it with non-temporal stores, so the gradient's memory
         # is written once and never read)
-        s = row_expsum(xr, scratch if scratch != NULL else gr, C, <floating>shift)
+        s = row_expsum(xr, scratch if scratch != NULL else gr, C, <floating>shift,
+                       xr + C if i + 1 < stop else NULL)
         lse = shift + log(s)
         loss = softmax_xent_loss(lse, x_y, w_y, eps, inv_c, w_sum, wx_sum, z)
         if loss_out != NULL:
@@ -271,7 +272,7 @@ cdef double _softmax_xent_probs_rows(const floating* x, const floating* t, const
                 tx_sum += a * xr[c]
         shift = 0.0 if m == -INFINITY else m
         # pass 2
-        s = row_expsum(xr, gr, C, <floating>shift)
+        s = row_expsum(xr, gr, C, <floating>shift, xr + C if i + 1 < stop else NULL)
         lse = shift + log(s)
         loss = softmax_xent_probs_loss(lse, r, tx_sum, z)
         if loss_out != NULL:
