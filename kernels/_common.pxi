@@ -4,6 +4,9 @@
 cdef extern from "_simd.h" nogil:
     float fl_expf(float x)
     double fl_exp(double x)
+    float fl_expf_nonpos(float x)
+    double fl_exp_nonpos(double x)
+    double fl_log(double x)
     float fl_row_max_f(const float* x, Py_ssize_t n)
     double fl_row_max_d(const double* x, Py_ssize_t n)
     double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift, const float* pf)
@@ -14,11 +17,6 @@ cdef extern from "_simd.h" nogil:
     void fl_row_scalestream_d(const double* e, double* g, Py_ssize_t n, double k,
                               const double* w, double k2, int wmode)
     void fl_sfence()
-    void fl_tile_expsub_f(const float* x, const float* sb, float* out, Py_ssize_t n)
-    void fl_tile_expsub_d(const double* x, const double* sb, double* out, Py_ssize_t n)
-    void fl_tile_mul_f(float* g, const float* kb, Py_ssize_t n)
-    void fl_tile_mul_d(double* g, const double* kb, Py_ssize_t n)
-    void fl_log_arr(const double* s, double* out, Py_ssize_t n)
     void fl_row_scale_d(double* g, Py_ssize_t n, double k)
     void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
     void fl_row_scale_sub_d(double* g, Py_ssize_t n, double k, const double* w, double k2)
@@ -81,18 +79,12 @@ cdef inline void row_scale_stream(const floating* e, floating* g, Py_ssize_t n, 
         fl_row_scalestream_d(e, g, n, k, w, k2, wmode)
 
 
-cdef inline void tile_expsub(const floating* x, const floating* sb, floating* out, Py_ssize_t n) noexcept nogil:
+cdef inline floating exp_nonpos(floating x) noexcept nogil:
+    """exp(x) for x <= 0 (or NaN), vectorisable."""
     if floating is float:
-        fl_tile_expsub_f(x, sb, out, n)
+        return fl_expf_nonpos(x)
     else:
-        fl_tile_expsub_d(x, sb, out, n)
-
-
-cdef inline void tile_mul(floating* g, const floating* kb, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        fl_tile_mul_f(g, kb, n)
-    else:
-        fl_tile_mul_d(g, kb, n)
+        return fl_exp_nonpos(x)
 
 
 cdef inline double row_wdot(const floating* w, const floating* x, Py_ssize_t n) noexcept nogil:

@@ -330,17 +330,6 @@ static inline void fl_row_scalestream_##SUF(const T* e, T* g, ptrdiff_t n, T k, 
         j += m;                                                                                  \
     }                                                                                            \
 }                                                                                                \
-static inline void fl_tile_expsub_##SUF(const T* x, const T* sb, T* out, ptrdiff_t n) {          \
-    /* out_k = exp(x_k - sb_k) over a tile of short rows (out may be x: same index only) */      \
-    ptrdiff_t k;                                                                                 \
-    FL_IVDEP                                                                                     \
-    for (k = 0; k < n; k++) out[k] = EXP(x[k] - sb[k]);                                          \
-}                                                                                                \
-static inline void fl_tile_mul_##SUF(T* g, const T* kb, ptrdiff_t n) {                           \
-    ptrdiff_t k;                                                                                 \
-    FL_IVDEP                                                                                     \
-    for (k = 0; k < n; k++) g[k] = g[k] * kb[k];                                                 \
-}                                                                                                \
 static inline void fl_row_scale_##SUF(T* g, ptrdiff_t n, T k) {                                  \
     ptrdiff_t j;                                                                                 \
     FL_IVDEP                                                                                     \
@@ -412,11 +401,6 @@ FL_INLINE double fl_log(double x) {
     r = x == (double)INFINITY ? x : r;
     r = x != x ? x : r;
     return r;
-}
-
-static inline void fl_log_arr(const double* s, double* out, ptrdiff_t n) {
-    ptrdiff_t k;
-    for (k = 0; k < n; k++) out[k] = fl_log(s[k]);
 }
 
 /* ---- elementwise losses ---------------------------------------------------------------------

@@ -77,101 +77,106 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
 
 
 cdef enum:
-    SMALL_C = 16        # rows of at most this many classes go through the tiled kernel
-    TILE_ROWS = 64      # rows per tile there
+    SMALL_C = 16        # rows of at most this many classes go through the lane kernel
+    LANES = 16          # rows side by side there, one per vector lane
 
 
 cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, const floating* w,
                                      double w_sum, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C,
                                      int64_t ignore_index, double eps, double z, floating* grad,
                                      double gscale, const double* gsa, floating* loss_out) noexcept nogil:
-    """_softmax_xent_rows for C <= SMALL_C: the same formulas, but a tile of TILE_ROWS rows at a
-    time, so that the exps, the logs and the scaling run as flat vector loops over the tile
-    instead of one short row at a time (1M x 10)."""
-    cdef floating sb[TILE_ROWS * SMALL_C]
-    cdef floating kb[TILE_ROWS * SMALL_C]
-    cdef floating eb[TILE_ROWS * SMALL_C]
-    cdef double ss[TILE_ROWS]
-    cdef double lg[TILE_ROWS]
-    cdef double shv[TILE_ROWS]
-    cdef double xyv[TILE_ROWS]
-    cdef double wxv[TILE_ROWS]
-    cdef double sv[TILE_ROWS]
-    cdef Py_ssize_t r0, r, R, c, i, n
-    cdef const floating* xt
-    cdef const floating* xr
-    cdef floating* dst
-    cdef floating* gr
+    """_softmax_xent_rows for C <= SMALL_C, LANES rows at a time, transposed so that lane l holds
+    row r0 + l: the max, the exps, the sums and logs, the loss and gradient formulas all run as
+    vector loops across rows (one short row at a time drowns in per-row overhead at 1M x 10).
+    The same formulas and the same order of operations per row as _softmax_xent_rows."""
+    cdef floating t[SMALL_C * LANES]   # t[c * LANES + l] = x[r0 + l, c]; then e; then the gradient
+    cdef floating m[LANES]
+    cdef floating shf[LANES]
+    cdef floating k[LANES]
+    cdef floating k2[LANES]
+    cdef double s[LANES]
+    cdef double lse[LANES]
+    cdef double xy[LANES]
+    cdef double ey[LANES]
+    cdef double wy[LANES]
+    cdef double wx[LANES]
+    cdef double gs[LANES]
+    cdef double loss[LANES]
+    cdef double gy[LANES]
+    cdef double fill[LANES]             # an ignored row's loss and gradient (0), a bad label's (NaN)
+    cdef int64_t yc[LANES]              # the label, or 0 where the row has no valid label
+    cdef char ok[LANES]
+    cdef Py_ssize_t r0, R, c, l
+    cdef const floating* xb
+    cdef floating* gb
     cdef int64_t y
-    cdef double acc = 0.0, loss, shift, s, lse, w_y, gs, coef, k
-    cdef double inv_c = 1.0 / C
-    cdef floating m, fs, fk
+    cdef floating e
+    cdef double acc = 0.0, inv_c = 1.0 / C
     r0 = start
     while r0 < stop:
-        R = stop - r0 if stop - r0 < TILE_ROWS else TILE_ROWS
-        n = R * C
-        xt = x + r0 * C
-        dst = grad + r0 * C if grad != NULL else eb
-        # pass 1, row by row: everything read from the raw rows
-        for r in range(R):
-            xr = xt + r * C
-            y = labels[r0 + r]
-            xyv[r] = xr[y] if (y != ignore_index and y >= 0 and y < C) else 0.0
-            m = row_max(xr, C)
-            wxv[r] = row_wdot(w, xr, C) if eps != 0 else 0.0
-            shift = 0.0 if m == -INFINITY else m
-            shv[r] = shift
-            fs = <floating>shift
+        R = stop - r0 if stop - r0 < LANES else LANES
+        xb = x + r0 * C
+        # transpose in; lanes past the block's end repeat its last row (computed, never stored)
+        for l in range(LANES):
             for c in range(C):
-                sb[r * C + c] = fs
-        # pass 2 over the tile
-        tile_expsub(xt, sb, dst, n)
-        for r in range(R):
-            s = 0.0
+                t[c * LANES + l] = xb[(l if l < R else R - 1) * C + c]
+        for l in range(LANES):
+            y = labels[r0 + l] if l < R else ignore_index
+            ok[l] = y != ignore_index and y >= 0 and y < C
+            yc[l] = y if ok[l] else 0
+            fill[l] = 0.0 if (y == ignore_index or ok[l]) else <double>NAN
+            gs[l] = gscale * gsa[r0 + l] if (gsa != NULL and l < R) else gscale
+            xy[l] = t[yc[l] * LANES + l]
+            wy[l] = w[yc[l]] if w != NULL else 1.0
+            m[l] = -INFINITY
+            s[l] = 0.0
+            wx[l] = 0.0
+        for c in range(C):
+            for l in range(LANES):
+                m[l] = t[c * LANES + l] if t[c * LANES + l] > m[l] else m[l]
+        for l in range(LANES):
+            shf[l] = 0 if m[l] == -INFINITY else m[l]
+        if eps != 0:
             for c in range(C):
-                s += <double>dst[r * C + c]
-            ss[r] = s
-        fl_log_arr(ss, lg, R)
-        # losses, and the scale of every row
-        for r in range(R):
-            i = r0 + r
-            y = labels[i]
-            gs = gscale * gsa[i] if gsa != NULL else gscale
-            if y == ignore_index or y < 0 or y >= C:
-                loss = 0.0 if y == ignore_index else <double>NAN
-                k = 0.0
-            else:
-                w_y = w[y] if w != NULL else 1.0
-                lse = shv[r] + lg[r]
-                loss = softmax_xent_loss(lse, xyv[r], w_y, eps, inv_c, w_sum, wxv[r], z)
-                coef = softmax_xent_coef(lse, w_y, eps, inv_c, w_sum, z)
-                k = coef / ss[r] * gs
-                xyv[r] = dst[r * C + y]   # from here on: the row's e_y
-            sv[r] = k
+                for l in range(LANES):
+                    wx[l] += t[c * LANES + l] if w == NULL else (0.0 if w[c] == 0 else <double>w[c] * t[c * LANES + l])
+        for c in range(C):
+            for l in range(LANES):
+                e = exp_nonpos(t[c * LANES + l] - shf[l])
+                t[c * LANES + l] = e
+                s[l] += e
+        for l in range(LANES):
+            lse[l] = shf[l] + fl_log(s[l])
+        for l in range(LANES):
+            ey[l] = t[yc[l] * LANES + l]   # e_y as summed into s: p_y - 1 = (e_y - s) / s exactly
+        for l in range(LANES):
+            loss[l] = softmax_xent_loss(lse[l], xy[l], wy[l], eps, inv_c, w_sum, wx[l], z)
+            k[l] = <floating>(softmax_xent_coef(lse[l], wy[l], eps, inv_c, w_sum, z) / s[l] * gs[l])
+            k2[l] = <floating>(eps * inv_c * gs[l])
+            gy[l] = softmax_xent_grad_y(ey[l], s[l], lse[l], wy[l], eps, inv_c, w_sum, z) * gs[l]
+        for l in range(R):
+            if not ok[l]:
+                loss[l] = fill[l]
             if loss_out != NULL:
-                loss_out[i] = <floating>loss
-            acc += loss
-            fk = <floating>k
-            for c in range(C):
-                kb[r * C + c] = fk
-        # pass 3
+                loss_out[r0 + l] = <floating>loss[l]
+            acc += loss[l]
         if grad != NULL:
-            if eps == 0:
-                tile_mul(dst, kb, n)
-            for r in range(R):
-                i = r0 + r
-                y = labels[i]
-                gr = dst + r * C
-                if y == ignore_index or y < 0 or y >= C:
-                    row_fill(gr, C, 0.0 if y == ignore_index else <double>NAN)
-                    continue
-                gs = gscale * gsa[i] if gsa != NULL else gscale
-                w_y = w[y] if w != NULL else 1.0
-                if eps != 0:
-                    row_scale_sub(gr, C, sv[r], w, eps * inv_c * gs)
-                # e_y as stored in the tile and summed into s: p_y - 1 = (e_y - s) / s exactly
-                gr[y] = <floating>(softmax_xent_grad_y(xyv[r], ss[r], shv[r] + lg[r],
-                                                       w_y, eps, inv_c, w_sum, z) * gs)
+            for c in range(C):
+                for l in range(LANES):
+                    e = t[c * LANES + l] * k[l]
+                    if eps != 0:
+                        e = e - (w[c] * k2[l] if w != NULL else k2[l])
+                    t[c * LANES + l] = e
+            for l in range(LANES):
+                t[yc[l] * LANES + l] = <floating>gy[l]
+            for l in range(LANES):
+                if not ok[l]:
+                    for c in range(C):
+                        t[c * LANES + l] = <floating>fill[l]
+            gb = grad + r0 * C
+            for l in range(R):
+                for c in range(C):
+                    gb[l * C + c] = t[c * LANES + l]
         r0 += R
     return acc
 
@@ -214,7 +219,8 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
     # make streaming slower than write-allocate; 65536 x 1000 loses ~30%)
     stream = (gp != NULL and <const floating*>gp != xp and N * C * sizeof(floating) >= STREAM_MIN_BYTES
               and C * sizeof(floating) >= STREAM_MIN_ROW_BYTES)
-    nb = n_blocks_for(N)
+    # the lane kernel computes LANES rows at a time: blocks of at least that many rows
+    nb = n_blocks_for((N + LANES - 1) // LANES if C <= SMALL_C else N)
     with nogil:
         for b in prange(nb, schedule='static', num_threads=n_threads):
             if C <= SMALL_C:

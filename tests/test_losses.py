@@ -74,6 +74,29 @@ def test_gradient_matches_finite_differences(backend, name, case):
     assert rel_err(grad, numeric) < 1e-7, f"seed={seed}"
 
 
+@pytest.mark.parametrize("shape", ((37, 3), (70, 16), (300, 10), (5, 17)))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_many_rows_of_few_classes(backend, shape):
+    """Row losses over many short rows: the kernels' row-tile paths (full tiles, a partial last
+    tile, rows side by side in vector lanes), every option case, per-row losses and gradients."""
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    for name in [n for n in OPTION_CASES if SPECS[n].layout == ROWS]:
+        for case in OPTION_CASES[name]:
+            for dtype in DTYPES:
+                x, t, opts = make_inputs(name, case, dtype, rng, shape)
+                grad_output = rng.uniform(0.5, 2.0, shape[0])
+                loss = call(name, "loss", x, t, reduction="none", backend=backend, **opts)
+                grad = call(name, "grad", x, t, reduction="none", grad_output=grad_output, backend=backend, **opts)
+                total, mean_grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
+                tol = TOL[dtype] * 10
+                where = f"seed={seed} {name} {case} {dtype.__name__} {shape}"
+                assert rel_err(loss, reference.loss(name, x, t, "none", **opts)) <= tol, where
+                assert rel_err(grad, reference.grad(name, x, t, "none", grad_output, **opts)) <= tol, where
+                assert rel_err(total, reference.loss(name, x, t, **opts)) <= tol, where
+                assert rel_err(mean_grad, reference.grad(name, x, t, **opts)) <= tol, where
+
+
 @pytest.mark.parametrize("name", list(OPTION_CASES))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_leading_batch_dims_and_1d(backend, name):
