@@ -33,7 +33,7 @@ KERNELS = "kernels"
 SOURCES_DEPENDS = [
     os.path.join(KERNELS, name)
     for name in ("_simd.h", "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi", "multiclass_hinge.pxi",
-                 "_kernels.pyx")
+                 "small_call.pxi", "_kernels.pyx")
 ] + [os.path.join("src", "fastloss", "formulas.pxd")]
 
 OPENMP_TEST = r"""
@@ -175,7 +175,11 @@ def _extensions():
     from Cython.Build import cythonize
 
     debug = _env_flag("FASTLOSS_DEBUG")
-    common = dict(include_dirs=[KERNELS], depends=SOURCES_DEPENDS)
+    import numpy
+
+    # the small-call entry (kernels/small_call.pxi) reads arrays through NumPy's C API
+    common = dict(include_dirs=[KERNELS, numpy.get_include()], depends=SOURCES_DEPENDS,
+                  define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     baseline = Extension("fastloss._kernels", [os.path.join(KERNELS, "_kernels.pyx")], **common)
     exts = [baseline]
     if _is_x86_64() and not _env_flag("FASTLOSS_NO_AVX2"):

@@ -181,28 +181,49 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
     return acc
 
 
+cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floating* wp, double w_sum,
+                              Py_ssize_t N, Py_ssize_t C, int64_t ignore_index, double eps, double z,
+                              floating* gp, double gscale, const double* gsa, floating* lp,
+                              int n_threads) noexcept nogil:
+    """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
+    cdef double sums[MAX_BLOCKS]
+    cdef Py_ssize_t nb, b
+    # streaming stores for a gradient that is not the logits, too big to stay in cache, in long
+    # rows (measured: with rows of ~4 KB the plain stores of the partial lines at the row ends
+    # make streaming slower than write-allocate; 65536 x 1000 loses ~30%)
+    cdef bint stream = (gp != NULL and <const floating*>gp != xp
+                        and N * C * sizeof(floating) >= STREAM_MIN_BYTES
+                        and C * sizeof(floating) >= STREAM_MIN_ROW_BYTES)
+    # the lane kernel computes LANES rows at a time: blocks of at least that many rows
+    nb = n_blocks_for((N + LANES - 1) // LANES if C <= SMALL_C else N)
+    for b in prange(nb, schedule='static', num_threads=n_threads):
+        if C <= SMALL_C:
+            sums[b] = _softmax_xent_rows_small(xp, lab, wp, w_sum,
+                                               block_start(b, nb, N), block_start(b + 1, nb, N), C,
+                                               ignore_index, eps, z, gp, gscale, gsa, lp)
+        else:
+            sums[b] = _softmax_xent_rows(xp, lab, wp, w_sum,
+                                         block_start(b, nb, N), block_start(b + 1, nb, N), C,
+                                         ignore_index, eps, z, gp, gscale, gsa, lp, stream)
+    return sum_blocks(sums, nb)
+
+
 cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
                           const floating[::1] weight, int64_t ignore_index, double eps, double z,
                           floating[:, ::1] grad, double gscale, const double[::1] gscale_arr,
                           floating[::1] loss_out, int n_threads) except? -1:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nb, b, c
-    cdef double sums[MAX_BLOCKS]
-    cdef double w_sum = C
-    cdef const floating* xp
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c
+    cdef double w_sum = C, total
     cdef const floating* wp = NULL
     cdef floating* gp = NULL
     cdef floating* lp = NULL
     cdef const double* gsa = NULL
-    cdef const int64_t* lab
-    cdef bint stream
     if labels.shape[0] != N:
         raise ValueError(f"softmax_xent: {labels.shape[0]} labels for {N} rows")
     if N == 0:
         return 0.0
     if C == 0:
         raise ValueError("softmax_xent: no classes")
-    xp = &x[0, 0]
-    lab = &labels[0]
     if weight is not None:
         wp = &weight[0]
         w_sum = 0.0
@@ -214,24 +235,10 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
         lp = &loss_out[0]
     if gscale_arr is not None:
         gsa = &gscale_arr[0]
-    # streaming stores for a gradient that is not the logits, too big to stay in cache, in long
-    # rows (measured: with rows of ~4 KB the plain stores of the partial lines at the row ends
-    # make streaming slower than write-allocate; 65536 x 1000 loses ~30%)
-    stream = (gp != NULL and <const floating*>gp != xp and N * C * sizeof(floating) >= STREAM_MIN_BYTES
-              and C * sizeof(floating) >= STREAM_MIN_ROW_BYTES)
-    # the lane kernel computes LANES rows at a time: blocks of at least that many rows
-    nb = n_blocks_for((N + LANES - 1) // LANES if C <= SMALL_C else N)
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=n_threads):
-            if C <= SMALL_C:
-                sums[b] = _softmax_xent_rows_small(xp, lab, wp, w_sum,
-                                                   block_start(b, nb, N), block_start(b + 1, nb, N), C,
-                                                   ignore_index, eps, z, gp, gscale, gsa, lp)
-            else:
-                sums[b] = _softmax_xent_rows(xp, lab, wp, w_sum,
-                                             block_start(b, nb, N), block_start(b + 1, nb, N), C,
-                                             ignore_index, eps, z, gp, gscale, gsa, lp, stream)
-    return sum_blocks(sums, nb)
+        total = _softmax_xent_all(&x[0, 0], &labels[0], wp, w_sum, N, C, ignore_index, eps, z,
+                                  gp, gscale, gsa, lp, n_threads)
+    return total
 
 
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,

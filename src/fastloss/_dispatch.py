@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _validation as v
 from ._specs import ELEMENTS
-from ._threads import threads_for
+from ._threads import SMALL_INPUT, threads_for
 
 BACKENDS = {
     "numpy": "fastloss.backends.numpy",
@@ -29,6 +29,9 @@ HOW_TO_GET = {
     "cuda": "`pip install \"fastloss[cuda]\"` and run on an NVIDIA GPU (or NUMBA_ENABLE_CUDASIM=1 to simulate)",
     "numpy": "`pip install numpy`",
 }
+
+
+_NO_SMALL_CALLS = {}
 
 
 class BackendUnavailable(RuntimeError):
@@ -78,13 +81,29 @@ def is_device_array(a):
     return module.startswith("numba") and "cuda" in module
 
 
+# CPython keeps os.environ in this dict (bytes keys on POSIX); a lookup there costs ~50 ns where
+# os.environ.get costs ~600 ns when the variable is unset (it raises and catches a KeyError).
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTLOSS_BACKEND") if _ENVIRON is not None else None
+
+
+def _env_backend():
+    """FASTLOSS_BACKEND as it is now (it may change while the program runs), or 'auto'."""
+    if _ENVIRON is None:
+        return os.environ.get("FASTLOSS_BACKEND", "auto")
+    value = _ENVIRON.get(_ENV_KEY)
+    return "auto" if value is None else os.environ.decodevalue(value)
+
+
 def resolve(backend, x):
     if backend == "auto":
-        if is_device_array(x):
+        if type(x) is not np.ndarray and is_device_array(x):
             return "cuda"
-        backend = os.environ.get("FASTLOSS_BACKEND", "auto")
+        backend = _env_backend()
         if backend == "auto":
-            return next(name for name in HOST_AUTO_ORDER if available(name))
+            for name in HOST_AUTO_ORDER:
+                if name in _modules or available(name):
+                    return name
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {tuple(BACKENDS)}, got {backend!r}")
     return backend
@@ -170,6 +189,12 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     if name == "cuda":
         return get_backend("cuda").run(spec, entry, x, target, reduction, grad_output, out, options)
     kernels = get_backend(name)
+    if not options:
+        small = getattr(kernels, "SMALL_CALLS", _NO_SMALL_CALLS).get(spec.name)
+        if small is not None:
+            result = small(x, target, out, reduction, entry, grad_output, spec.options, SMALL_INPUT - 1)
+            if result is not NotImplemented:
+                return result
     p = prepare(spec, entry, x, target, reduction, grad_output, out, options, kernels)
 
     # allocate

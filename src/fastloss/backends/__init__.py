@@ -53,6 +53,15 @@ mean's denominator (the sum of ``weight[y]``, or the count, over rows whose labe
 ``ignore_index`` when ``has_ignore``) and the position of the first label outside ``[0, C)``
 that is not ignored, or -1. It writes nothing; the dispatch layer raises on a bad label before
 any loss kernel runs, so loss kernels may trust their labels.
+
+Small calls (optional)
+    ``SMALL_CALLS``: ``{loss name: small(x, target, out, reduction, entry, grad_output, defaults,
+    max_items)}``. The dispatch layer offers a call with no options to ``small`` first, before
+    any validation; ``small`` returns the public entry point's result (``entry`` is 'loss',
+    'grad' or 'loss_and_grad', ``defaults`` the loss's default options) where it can check the
+    whole call cheaply and it runs on one thread (at most ``max_items`` input elements), and
+    ``NotImplemented`` for anything else, which then takes the general road. It must return
+    exactly what the general road returns. The hot-loop call (32 x 10) is mostly this overhead.
 """
 
 KERNEL_NAMES = (

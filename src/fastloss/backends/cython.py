@@ -8,7 +8,8 @@ baseline module) and the baseline otherwise. ``FASTLOSS_CYTHON_ISA=baseline`` (o
 ``avx512``) in the environment forces the choice.
 
 Exports exactly the kernel names of ``fastloss.backends`` (the kernels handle ``None`` for every
-optional array themselves), plus ``OPENMP``, ``ISA`` and ``BUILD_INFO``.
+optional array themselves), the ``SMALL_CALLS`` entry of softmax_xent's hot-loop call, plus
+``OPENMP``, ``ISA`` and ``BUILD_INFO``.
 """
 
 import importlib
@@ -78,4 +79,6 @@ mse = _module.mse
 mae = _module.mae
 kl_div = _module.kl_div
 
-__all__ = list(KERNEL_NAMES) + ["OPENMP", "ISA", "BUILD_INFO"]
+SMALL_CALLS = {"softmax_xent": _module.softmax_xent_small}
+
+__all__ = list(KERNEL_NAMES) + ["SMALL_CALLS", "OPENMP", "ISA", "BUILD_INFO"]
