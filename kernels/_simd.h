@@ -403,31 +403,47 @@ FL_INLINE double fl_log(double x) {
     return r;
 }
 
+/* float log in the same form (fdlibm's e_logf.c polynomial, < 1 ulp). fl_logf_normal: for
+ * positive normal x only (no selects); fl_logf: every x, subnormals scaled by 2^25. */
+FL_INLINE float fl_logf_scaled(float xs, float bias) {
+    const float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
+    const float Lg1 = 6.6666662693e-01f, Lg2 = 4.0000972152e-01f,
+                Lg3 = 2.8498786688e-01f, Lg4 = 2.4279078841e-01f;
+    fl_f32u u;
+    u.f = xs;
+    uint32_t ix = u.u + (0x3f800000u - 0x3f3504f3u);
+    float dk = (float)(int32_t)(ix >> 23) - bias;
+    u.u = (ix & 0x007fffffu) + 0x3f3504f3u;
+    float f = u.f - 1.0f;
+    float hfsq = 0.5f * f * f;
+    float s = f / (2.0f + f);
+    float z = s * s, w = z * z;
+    float t1 = w * (Lg2 + w * Lg4);
+    float t2 = z * (Lg1 + w * Lg3);
+    return s * (hfsq + t1 + t2) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
+}
+
+FL_INLINE float fl_logf_normal(float x) { return fl_logf_scaled(x, 127.0f); }
+
+FL_INLINE float fl_logf(float x) {
+    int sub = x < 1.17549435e-38f;
+    float r = fl_logf_scaled(sub ? x * 33554432.0f : x, sub ? 152.0f : 127.0f);
+    r = x == 0 ? -(float)INFINITY : r;
+    r = x < 0 ? (float)NAN : r;
+    r = x == (float)INFINITY ? x : r;
+    r = x != x ? x : r;
+    return r;
+}
+
 /* ---- elementwise losses ---------------------------------------------------------------------
  * Branch-free, vectorisable versions of the item formulas of fastloss/formulas.pxd (same
  * expressions, same NaN/inf results; they are checked against it by the test-suite). All work
- * in double. A block [start, stop) runs in chunks of FL_EW_CHUNK: a compute loop (inputs -> local
+ * in double, except the exps and logs of float inputs (FL_EW_TRANSCENDENTAL). A block [start, stop) runs in chunks of FL_EW_CHUNK: a compute loop (inputs -> local
  * loss/grad buffers), a store loop (grad, loss_out) and a sum of the chunk's losses in 8 fixed
  * double lanes: the order depends only on start/stop, so sums are thread-count independent. The
  * compute loop reads a chunk's inputs before the store loop writes its grad (grad may be x). */
 enum { FL_EW_SIGMOID_BCE = 0, FL_EW_HUBER, FL_EW_HINGE, FL_EW_MSE, FL_EW_MAE, FL_EW_KL_DIV };
 #define FL_EW_CHUNK 512
-
-FL_INLINE double fl_sigmoid_bce_item(double x, double t, double w, double pw, double* g) {
-    /* e = exp(-|x|); sigmoid(x) = 1/(1+e) or e/(1+e); log1pexp(-x) = max(-x,0) + log1p(e),
-     * log1p(e) = log(u) + (e - (u-1))/u with u = 1+e (u-1 exact) */
-    double e = fl_exp(-fabs(x));
-    double u = 1.0 + e;
-    double ru = 1.0 / u;
-    double sg = x >= 0 ? ru : e * ru;
-    double l1p = fl_log(u) + (e - (u - 1.0)) * ru;
-    double mx = -x > 0 ? -x : 0.0;
-    double L = mx + l1p;
-    double lw = 1.0 + (pw - 1.0) * t;
-    sg = x != x ? x : sg;
-    *g = w * (lw * sg - pw * t);
-    return w * ((1.0 - t) * x + lw * L);
-}
 
 FL_INLINE double fl_huber_item(double d, double delta, double* g) {
     double ad = fabs(d);
@@ -451,16 +467,37 @@ FL_INLINE double fl_mae_item(double d, double* g) {
     return fabs(d);
 }
 
-FL_INLINE double fl_kl_div_item(double x, double t, int log_target, double* g) {
-    if (log_target) {
-        double et = fl_exp(t);
-        *g = -et;
-        return et * (t - x);
-    }
-    *g = -t;
-    double l = t * (fl_log(t) - x);
-    return t == 0 ? 0.0 : l;
+/* The two items with exp/log, stamped out per input type T: computed in T (float inputs: 16
+ * float lanes instead of 8 double ones, as PyTorch computes them in float32). */
+#define FL_EW_TRANSCENDENTAL(T, SUF, EXP, EXP_NONPOS, LOG, LOG_NORMAL)                           \
+FL_INLINE double fl_sigmoid_bce_item_##SUF(double x_, double t_, double w_, double pw_, double* g) { \
+    /* e = exp(-|x|); sigmoid(x) = 1/(1+e) or e/(1+e); log1pexp(-x) = max(-x,0) + log1p(e),       \
+     * log1p(e) = log(u) + (e - (u-1))/u with u = 1+e (u-1 exact) */                            \
+    T x = (T)x_, t = (T)t_, w = (T)w_, pw = (T)pw_;                                              \
+    T e = EXP_NONPOS(x > 0 ? -x : x);                                                            \
+    T u = (T)1 + e;                                                                              \
+    T ru = (T)1 / u;                                                                             \
+    T sg = x >= 0 ? ru : e * ru;                                                                 \
+    T l1p = LOG_NORMAL(u) + (e - (u - (T)1)) * ru;  /* x NaN: garbage here, NaN in every result */  \
+    T mx = -x > 0 ? -x : (T)0;                                                                   \
+    T lw = (T)1 + (pw - (T)1) * t;                                                               \
+    sg = x != x ? x : sg;                                                                        \
+    *g = w * (lw * sg - pw * t);                                                                 \
+    return w * (((T)1 - t) * x + lw * (mx + l1p));                                               \
+}                                                                                                \
+FL_INLINE double fl_kl_div_item_##SUF(double x, double t, int log_target, double* g) {            \
+    if (log_target) {                                                                            \
+        double et = (double)EXP((T)t);                                                           \
+        *g = -et;                                                                                \
+        return et * (t - x);                                                                     \
+    }                                                                                            \
+    *g = -t;                                                                                     \
+    double l = t * ((double)LOG((T)t) - x);                                                      \
+    return t == 0 ? 0.0 : l;                                                                     \
 }
+
+FL_EW_TRANSCENDENTAL(float, f, fl_expf, fl_expf_nonpos, fl_logf, fl_logf_normal)
+FL_EW_TRANSCENDENTAL(double, d, fl_exp, fl_exp_nonpos, fl_log, fl_log)
 
 #define FL_EW_LOOP(BODY)                                                                          \
     do {                                                                                          \
@@ -484,13 +521,13 @@ static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, co
             if (pw != NULL) {                                                                     \
                 for (k = 0; k < m; k++) { pwb[k] = pw[ip]; if (++ip == n_pw) ip = 0; }            \
                 if (w != NULL)                                                                    \
-                    FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], w[i], pwb[k], &gi_));              \
+                    FL_EW_LOOP(fl_sigmoid_bce_item_##SUF(x[i], t[i], w[i], pwb[k], &gi_));              \
                 else                                                                              \
-                    FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], 1.0, pwb[k], &gi_));               \
+                    FL_EW_LOOP(fl_sigmoid_bce_item_##SUF(x[i], t[i], 1.0, pwb[k], &gi_));               \
             } else if (w != NULL)                                                                 \
-                FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], w[i], 1.0, &gi_));                     \
+                FL_EW_LOOP(fl_sigmoid_bce_item_##SUF(x[i], t[i], w[i], 1.0, &gi_));                     \
             else                                                                                  \
-                FL_EW_LOOP(fl_sigmoid_bce_item(x[i], t[i], 1.0, 1.0, &gi_));                      \
+                FL_EW_LOOP(fl_sigmoid_bce_item_##SUF(x[i], t[i], 1.0, 1.0, &gi_));                      \
             break;                                                                                \
         case FL_EW_HUBER:                                                                         \
             FL_EW_LOOP(fl_huber_item((double)x[i] - (double)t[i], a, &gi_));                      \
@@ -507,8 +544,8 @@ static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, co
             FL_EW_LOOP(fl_mae_item((double)x[i] - (double)t[i], &gi_));                           \
             break;                                                                                \
         default:                                                                                  \
-            if (flag) FL_EW_LOOP(fl_kl_div_item(x[i], t[i], 1, &gi_));                            \
-            else FL_EW_LOOP(fl_kl_div_item(x[i], t[i], 0, &gi_));                                 \
+            if (flag) FL_EW_LOOP(fl_kl_div_item_##SUF(x[i], t[i], 1, &gi_));                            \
+            else FL_EW_LOOP(fl_kl_div_item_##SUF(x[i], t[i], 0, &gi_));                                 \
             break;                                                                                \
         }                                                                                         \
         if (g != NULL) {                                                                          \
