@@ -130,15 +130,30 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
                             grad, gscale, gscale_arr, loss_out, n_threads)
 
 
-def binary_label_check(const floating[::1] t):
-    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
-    A branch-free count runs first (it vectorises); the position is searched only on failure."""
-    cdef Py_ssize_t i, n = t.shape[0], n_bad = 0, first = -1
+cdef inline Py_ssize_t _n_bad_labels(const floating* t, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    cdef Py_ssize_t i, n_bad = 0
     cdef floating v
+    for i in range(start, stop):
+        v = t[i]
+        n_bad += (v != 1) & (v != -1) & (v != 0) & (v == v)
+    return n_bad
+
+
+def binary_label_check(const floating[::1] t, n_threads=1):
+    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
+    A branch-free count runs first, in blocks on n_threads threads (it vectorises); the position
+    is searched only on failure."""
+    cdef Py_ssize_t i, b, n = t.shape[0], nb = n_blocks_for(n), n_bad = 0, first = -1
+    cdef Py_ssize_t counts[MAX_BLOCKS]
+    cdef int nt = clamp_threads(n_threads)
+    cdef floating v
+    if n == 0:
+        return -1
     with nogil:
-        for i in range(n):
-            v = t[i]
-            n_bad += (v != 1) & (v != -1) & (v != 0) & (v == v)
+        for b in prange(nb, schedule='static', num_threads=nt):
+            counts[b] = _n_bad_labels(&t[0], block_start(b, nb, n), block_start(b + 1, nb, n))
+        for b in range(nb):
+            n_bad += counts[b]
         if n_bad:
             for i in range(n):
                 v = t[i]

@@ -177,7 +177,7 @@ def checked_target(spec, kind, target, n_classes, dtype, opts, checks):
         return labels, weight_sum
     values = np.ascontiguousarray(target, dtype=dtype).reshape(-1)
     if spec.name == "hinge":
-        bad = checks.binary_label_check(values)
+        bad = checks.binary_label_check(values, threads_for(values.size))
         if bad >= 0:
             v.raise_bad_binary_label(spec, values.reshape(np.shape(target)), bad, spec.target_name)
     return values, None

@@ -17,7 +17,8 @@ Row losses (class axis last), ``x`` of shape ``(N, C)``::
     multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads) -> float
     label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight) -> (float, int)
-    binary_label_check(target) -> int      (hinge: first label not in {-1, 0, +1}, NaN passes; or -1)
+    binary_label_check(target, n_threads) -> int
+                                           (hinge: first label not in {-1, 0, +1}, NaN passes; or -1)
 
 Elementwise losses, ``x`` flattened to shape ``(n,)``::
 

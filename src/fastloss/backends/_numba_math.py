@@ -14,6 +14,7 @@ Conventions
 """
 
 import math
+import platform
 
 import numpy as np
 from numba import njit, types
@@ -23,6 +24,7 @@ from llvmlite import ir
 
 __all__ = [
     "fexp",
+    "flog",
     "row_max",
     "softmax_xent_row",
     "softmax_xent_probs_row",
@@ -41,6 +43,9 @@ _INLINE = "always"  # Numba-IR inlining: only for tiny leaves (it multiplies typ
 # kernel; IEEE semantics make both give identical results. error_model="numpy": no Python-style
 # ZeroDivisionError checks in helpers compiled on their own.
 _HELPER = dict(error_model="numpy", nogil=True)
+# Items with exp/log are inlined at the Numba-IR level: LLVM's inliner would leave them as calls,
+# and a call stops the vectoriser.
+_ITEM = dict(error_model="numpy", nogil=True)
 # No fast-math flags anywhere: with IEEE semantics kept, LLVM may not reorder a sum, so every
 # compilation of a helper (serial kernel, parallel kernel, inlined or not) rounds the same way
 # and results are bitwise identical for any thread count. Vectorised reductions are written
@@ -118,17 +123,35 @@ def _expf32(x):
     return x if x != x else y
 
 
+@intrinsic
+def _pow2_rounded(typingctx, k):
+    """2.0**n for k = float32(n + _ROUNDER) with an integer n in [-126, 127]: n sits in the low
+    bits of k's significand, shifted into the exponent field (two integer ops, no conversion)."""
+    sig = types.float32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        i = builder.shl(builder.bitcast(args[0], i32), ir.Constant(i32, 23))
+        return builder.bitcast(builder.add(i, ir.Constant(i32, 127 << 23)), ir.FloatType())
+
+    return sig, codegen
+
+
+_ROUNDER = _F32(12582912.0)  # 1.5 * 2**23: k = v + _ROUNDER rounds v to an integer in k's low bits
+
+
 @njit(inline=_INLINE)
 def _expf32_nonpos(x):
-    """exp for float32 x <= 0, -inf or NaN (the softmax case): one scale factor fewer."""
-    xc = x if x > _LO else _LO
-    n = np.floor(_fma(xc, _LOG2E, _HALF))
+    """exp for float32 x <= 0, -inf or NaN (the softmax case): n = round(x / ln2) by adding
+    _ROUNDER (no floor, no int conversion), one scale factor."""
+    xc = _LO if x < _LO else x  # NaN stays NaN, and so does every step after it
+    k = _fma(xc, _LOG2E, _ROUNDER)
+    n = k - _ROUNDER
     r = _fma(-n, _LN2_LO, _fma(-n, _LN2_HI, xc))
     y = _fma(_fma(_fma(_fma(_fma(_P0, r, _P1), r, _P2), r, _P3), r, _P4), r, _P5)
     y = _fma(y, r * r, r) + _ONE
-    y = y * _pow2i_f32(n)
-    y = _ZERO if x < _LO else y
-    return x if x != x else y
+    y = y * _pow2_rounded(k)
+    return _ZERO if x < _LO else y
 
 
 def fexp(x):
@@ -154,14 +177,128 @@ def _ol_exp_nonpos(x):
     return lambda x: math.exp(x)
 
 
+# --------------------------------------------------------------------------------------------
+# A vectorisable float32 log (Cephes logf, branch-free): x = 2**e * m, m in [sqrt(1/2), sqrt(2)),
+# log(m) = f - f**2/2 + f**3 P(f) with f = m - 1, plus e*ln2 in two parts. About 1 ulp; exact
+# specials: log(0) = -inf, log(x < 0) = nan, log(+inf) = inf, log(nan) = nan; subnormals scaled.
+# --------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _frexp_f32(typingctx, x):
+    """(m, e) with x = m * 2**e, m in [0.5, 1), both float32, for a positive normal x."""
+    sig = types.UniTuple(types.float32, 2)(types.float32)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        i = builder.bitcast(args[0], i32)
+        e = builder.sub(builder.and_(builder.lshr(i, ir.Constant(i32, 23)), ir.Constant(i32, 0xFF)),
+                        ir.Constant(i32, 126))
+        mb = builder.or_(builder.and_(i, ir.Constant(i32, 0x807FFFFF)), ir.Constant(i32, 0x3F000000))
+        items = [builder.bitcast(mb, ir.FloatType()), builder.sitofp(e, ir.FloatType())]
+        return context.make_tuple(builder, signature.return_type, items)
+
+    return sig, codegen
+
+
+_SQRTHF = _F32(0.707106781186547524)
+_SQRT2M1 = _F32(0.41421356237309515)
+_FLT_MIN = _F32(1.17549435e-38)
+_TWO23 = _F32(8388608.0)
+_L0 = _F32(7.0376836292e-2)
+_L1 = _F32(-1.1514610310e-1)
+_L2 = _F32(1.1676998740e-1)
+_L3 = _F32(-1.2420140846e-1)
+_L4 = _F32(1.4249322787e-1)
+_L5 = _F32(-1.6668057665e-1)
+_L6 = _F32(2.0000714765e-1)
+_L7 = _F32(-2.4999993993e-1)
+_L8 = _F32(3.3333331174e-1)
+_NAN = _F32(np.nan)
+
+
+@njit(inline=_INLINE)
+def _logf32_poly(f, e):
+    """log(1 + f) + e ln2 for f in [sqrt(1/2) - 1, sqrt(2) - 1]."""
+    f2 = f * f
+    p = _fma(_fma(_fma(_fma(_fma(_fma(_fma(_fma(_L0, f, _L1), f, _L2), f, _L3), f, _L4), f, _L5),
+                           f, _L6), f, _L7), f, _L8)
+    y = _fma(e, _LN2_LO, p * f * f2)
+    y = _fma(-_HALF, f2, y)
+    return _fma(e, _LN2_HI, f + y)
+
+
+@njit(inline=_INLINE)
+def _logf32_core(x, eoff):
+    """log(x) + eoff ln2 for a positive, normal, finite float32 x (anything else: garbage)."""
+    m, e = _frexp_f32(x)
+    low = m < _SQRTHF
+    return _logf32_poly((m + m) - _ONE if low else m - _ONE, e + eoff - _ONE if low else e + eoff)
+
+
+@njit(inline=_INLINE)
+def _log1pf32_unit(x):
+    """log(1 + x) for float32 x in [0, 1] or NaN, without forming 1 + x: f = x (exact), or
+    (x - 1) / 2 with one ln2 above sqrt(2) - 1."""
+    big = x > _SQRT2M1
+    return _logf32_poly((x - _ONE) * _HALF if big else x, _ONE if big else _ZERO)
+
+
+@njit(inline=_INLINE)
+def _logf32(x):
+    """log for float32, branch-free (selects only), any x."""
+    tiny = x < _FLT_MIN
+    r = _logf32_core(x * _TWO23 if tiny else x, _F32(-23.0) if tiny else _ZERO)
+    r = -_INF if x == _ZERO else r
+    r = _NAN if x < _ZERO else r
+    r = x if x == _INF else r
+    return x if x != x else r
+
+
+def flog(x):
+    """log(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
+    return math.log(x)
+
+
+@overload(flog)
+def _ol_flog(x):
+    if x == types.float32:
+        return lambda x: _logf32(x)
+    return lambda x: math.log(x)
+
+
+def _log_like(s, a):
+    """log of a float64 s, computed in the precision of array a (vectorisable for float32)."""
+    return math.log(s)
+
+
+@overload(_log_like)
+def _ol_log_like(s, a):
+    if a.dtype == types.float32:
+        return lambda s, a: np.float64(_logf32(np.float32(s)))
+    return lambda s, a: math.log(s)
+
+
+def _log1p_unit(x):
+    return math.log1p(x)
+
+
+@overload(_log1p_unit)
+def _ol_log1p_unit(x):
+    """log(1 + x) for x in [0, 1] or NaN (vectorisable for float32)."""
+    if x == types.float32:
+        return lambda x: _log1pf32_unit(x)
+    return lambda x: math.log1p(x)
+
+
 def _like(v, a):
-    """v converted to the dtype of array a."""
-    return a.dtype.type(v)
+    """v converted to the float type of a (an array or a scalar)."""
+    return np.asarray(a).dtype.type(v)
 
 
 @overload(_like)
 def _ol_like(v, a):
-    if a.dtype == types.float32:
+    if (a.dtype if isinstance(a, types.Array) else a) == types.float32:
         return lambda v, a: np.float32(v)
     return lambda v, a: np.float64(v)
 
@@ -181,7 +318,10 @@ def _ol_like(v, a):
 def _lanes16(typingctx, a, j0, j1, op):
     """16 lanes over a[j0:j0 + 16 k] (j1 - j0 a multiple of 16) as a 16-tuple:
     op 0: lane-wise max ('v if v > m else m', NaN skipped) starting from a[j0] in every lane;
-    op 1: lane-wise sum starting from 0."""
+    op 1: lane-wise sum starting from 0.
+    Four independent 16-lane accumulators take the 64-item steps (64 loads in flight instead of
+    16: the reduction is no longer latency-bound), the rest goes to the first; they are then
+    combined lane-wise, (acc0 op acc1) op (acc2 op acc3). The order depends on j0, j1 only."""
     if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
             and isinstance(a.dtype, types.Float) and isinstance(op, types.IntegerLiteral)):
         return None
@@ -198,27 +338,151 @@ def _lanes16(typingctx, a, j0, j1, op):
         et = context.get_data_type(aryty.dtype)
         vt = ir.VectorType(et, 16)
         align = aryty.dtype.bitwidth // 8
-        acc = cgutils.alloca_once(builder, vt)
+        init = cgutils.get_null_value(vt)
         if kind == 0:
             first = builder.load(builder.gep(ary.data, [lo]))
-            init = cgutils.get_null_value(vt)
             for k in range(16):
                 init = builder.insert_element(init, first, ir.Constant(ir.IntType(32), k))
-        else:
-            init = cgutils.get_null_value(vt)
-        builder.store(init, acc)
-        with cgutils.for_range_slice(builder, lo, hi, ir.Constant(i64, 16), intp=i64) as (j, _):
-            ptr = builder.bitcast(builder.gep(ary.data, [j]), vt.as_pointer())
-            v = builder.load(ptr, align=align)
-            m = builder.load(acc)
+
+        def step(m, v):
             if kind == 0:
-                r = builder.select(builder.fcmp_ordered(">", v, m), v, m)
-            else:
-                r = builder.fadd(v, m)
-            builder.store(r, acc)
-        res = builder.load(acc)
+                return builder.select(builder.fcmp_ordered(">", v, m), v, m)
+            return builder.fadd(v, m)
+
+        def load(j, d):
+            ptr = builder.gep(ary.data, [builder.add(j, ir.Constant(i64, d))])
+            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=align)
+
+        accs = [cgutils.alloca_once(builder, vt) for _ in range(4)]
+        for acc in accs:
+            builder.store(init, acc)
+        n64 = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), ir.Constant(i64, 64)),
+                                          ir.Constant(i64, 64)))
+        with cgutils.for_range_slice(builder, lo, n64, ir.Constant(i64, 64), intp=i64) as (j, _):
+            vs = [load(j, 16 * q) for q in range(4)]
+            for acc, v in zip(accs, vs):
+                builder.store(step(builder.load(acc), v), acc)
+        with cgutils.for_range_slice(builder, n64, hi, ir.Constant(i64, 16), intp=i64) as (j, _):
+            builder.store(step(builder.load(accs[0]), load(j, 0)), accs[0])
+        r0, r1, r2, r3 = (builder.load(acc) for acc in accs)
+        res = step(step(r0, r1), step(r2, r3))
         items = [builder.extract_element(res, ir.Constant(ir.IntType(32), k)) for k in range(16)]
         return context.make_tuple(builder, signature.return_type, items)
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch_l2(typingctx, a, j):
+    """Prefetch the cache line of a[j] into L2 (llvm.prefetch: read, locality 2, data)."""
+    if not (isinstance(a, types.Array) and isinstance(j, types.Integer)):
+        return None
+    sig = types.void(a, j)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        j = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(ary.data, [j]), cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@intrinsic
+def _sfence(typingctx):
+    """Order earlier streaming stores before later stores (x86 sfence; nothing elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _scale_into(typingctx, src, dst, a, c, w, has_w, nt):
+    """dst[j] = src[j] * a - c * w[j] (c alone without weights) for every j of dst, src[j] and
+    w[j] read before dst[j] is written (src may be dst). nt: streaming stores (no read for
+    ownership, no cache pollution) for the 64-byte aligned vector body; the caller issues
+    _sfence() before other threads may read dst."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.layout == "C"
+            and dst.layout == "C" and src.dtype == dst.dtype and isinstance(w, types.Array)
+            and w.dtype == dst.dtype and w.layout == "C" and a == c == dst.dtype):
+        return None
+    sig = types.void(src, dst, a, c, w, has_w, nt)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[1]
+        s_ary = context.make_array(signature.args[0])(context, builder, args[0])
+        d_ary = context.make_array(aryty)(context, builder, args[1])
+        w_ary = context.make_array(signature.args[4])(context, builder, args[4])
+        av, cv = args[2], args[3]
+        has_w = context.cast(builder, args[5], signature.args[5], types.boolean)
+        nt = context.cast(builder, args[6], signature.args[6], types.boolean)
+        i64 = ir.IntType(64)
+        size = aryty.dtype.bitwidth // 8
+        lanes = 64 // size
+        et = context.get_data_type(aryty.dtype)
+        vt = ir.VectorType(et, lanes)
+        n = builder.extract_value(d_ary.shape, 0)
+        addr = builder.ptrtoint(d_ary.data, i64)
+        head = builder.udiv(builder.and_(builder.neg(addr), ir.Constant(i64, 63)), ir.Constant(i64, size))
+        misaligned = builder.icmp_unsigned("!=", builder.and_(addr, ir.Constant(i64, size - 1)),
+                                           ir.Constant(i64, 0))
+        head = builder.select(misaligned, n, head)
+        head = builder.select(builder.icmp_signed("<", n, head), n, head)
+        body = builder.add(head, builder.mul(builder.udiv(builder.sub(n, head), ir.Constant(i64, lanes)),
+                                             ir.Constant(i64, lanes)))
+
+        def splat(v):
+            r = cgutils.get_null_value(vt)
+            for k in range(lanes):
+                r = builder.insert_element(r, v, ir.Constant(ir.IntType(32), k))
+            return r
+
+        def value(j, weighted, ty, av, cv):
+            p = builder.gep(s_ary.data, [j])
+            x = builder.load(builder.bitcast(p, ty.as_pointer()), align=size)
+            r = builder.fmul(x, av)
+            if weighted:
+                p = builder.gep(w_ary.data, [j])
+                cv = builder.fmul(cv, builder.load(builder.bitcast(p, ty.as_pointer()), align=size))
+            return builder.fsub(r, cv)
+
+        def scalar_loop(lo, hi, weighted):
+            with cgutils.for_range_slice(builder, lo, hi, ir.Constant(i64, 1), intp=i64) as (j, _):
+                builder.store(value(j, weighted, et, av, cv), builder.gep(d_ary.data, [j]), align=size)
+
+        def emit(weighted, streaming):
+            scalar_loop(ir.Constant(i64, 0), head, weighted)
+            avv, cvv = splat(av), splat(cv)
+            with cgutils.for_range_slice(builder, head, body, ir.Constant(i64, lanes), intp=i64) as (j, _):
+                ptr = builder.bitcast(builder.gep(d_ary.data, [j]), vt.as_pointer())
+                st = builder.store(value(j, weighted, vt, avv, cvv), ptr, align=64)
+                if streaming:
+                    st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            scalar_loop(body, n, weighted)
+
+        with builder.if_else(has_w) as (then_w, else_w):
+            for weighted, blk in ((True, then_w), (False, else_w)):
+                with blk:
+                    with builder.if_else(nt) as (then_nt, else_nt):
+                        with then_nt:
+                            emit(weighted, True)
+                        with else_nt:
+                            emit(weighted, False)
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -304,28 +568,71 @@ def _exp_into(src, dst, j0, j1, shift, finite):
             dst[j] = fexp(src[j] - shift)
 
 
+def _scale_row(src, dst, a, c, w, has_w, nt):
+    """dst[j] = src[j] * a - c * w[j] (c alone without weights): _scale_into for contiguous
+    arrays, a plain loop for others (a user's strided gradient row)."""
+
+
+@overload(_scale_row)
+def _ol_scale_row(src, dst, a, c, w, has_w, nt):
+    if src.layout == dst.layout == w.layout == "C":
+        return lambda src, dst, a, c, w, has_w, nt: _scale_into(src, dst, a, c, w, has_w, nt)
+
+    def impl(src, dst, a, c, w, has_w, nt):
+        for j in range(dst.shape[0]):
+            dst[j] = src[j] * a - c * w[j] if has_w else src[j] * a - c
+    return impl
+
+
+def _line_items(a):
+    return 64 // a.itemsize
+
+
+@overload(_line_items)
+def _ol_line_items(a):
+    k = 64 // (a.dtype.bitwidth // 8)
+    return lambda a: k
+
+
 @njit(**_HELPER)
-def _exp_shift_sum(x, shift, g, write_g, finite):
+def _exp_shift_sum(x, shift, g, write_g, finite, nxt):
     """sum_j exp(x_j - shift) in float64 (float32 lanes per chunk), storing each term in g if
     write_g. The terms are stored first, then summed back from cache, so the exp loop has no
-    reduction and vectorises without fast-math. g may be x."""
+    reduction and vectorises without fast-math. g may be x. While the exps are computed, the
+    cache lines of the row ``nxt`` (the next row, or empty) are prefetched into L2, one per
+    line, spread over the chunks: its DRAM read overlaps this row's compute."""
     n = x.shape[0]
     s = 0.0
+    pf = nxt.shape[0] > 0
+    line = _line_items(x)
     if write_g:
         alias = x.ctypes.data == g.ctypes.data
         for j0 in range(0, n, _CHUNK):
             j1 = min(j0 + _CHUNK, n)
             if alias:  # one array: LLVM's overlap check would otherwise pick the scalar loop
                 _exp_into(g, g, j0, j1, shift, finite)
+            elif pf:  # 4 lines of the next row per 4 lines of exps
+                for k0 in range(j0, j1, 4 * line):
+                    k1 = min(k0 + 4 * line, j1)
+                    for j in range(k0, k1, line):
+                        _prefetch_l2(nxt, j)
+                    _exp_into(x, g, k0, k1, shift, finite)
             else:
                 _exp_into(x, g, j0, j1, shift, finite)
             s += _sum16(g, j0, j1)
+        if pf:
+            _prefetch_l2(nxt, n - 1)  # the row's last line when it is not line-aligned
     elif n > 64:
         buf = np.empty(min(n, _CHUNK), x.dtype)
         for j0 in range(0, n, _CHUNK):
             j1 = min(j0 + _CHUNK, n)
+            if pf:
+                for j in range(j0, j1, line):
+                    _prefetch_l2(nxt, j)
             _exp_into(x[j0:j1], buf, 0, j1 - j0, shift, finite)
             s += _sum16(buf, 0, j1 - j0)
+        if pf:
+            _prefetch_l2(nxt, n - 1)
     else:
         z = _like(0.0, x)
         n4 = n - n % 4
@@ -366,15 +673,38 @@ def _weighted_row_sum(x, w, has_w):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(**_HELPER)
-def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
-    """Cross-entropy of one row of logits ``x`` (C,) with class ``y`` (0 <= y < C).
+@njit(inline=_INLINE)
+def _xent_loss(lse, xy, wy, sx, w_sum, inv_c, eps, z):
+    """(1-eps) w_y (lse - x_y) + eps/C (W lse - sum_c w_c x_c) + z w_y lse**2 (W = sum w)."""
+    loss = (1.0 - eps) * wy * (lse - xy)
+    if eps != 0.0:
+        loss += eps * inv_c * (w_sum * lse - sx)
+    if z != 0.0:
+        loss += z * wy * lse * lse
+    return loss
 
-    ``w``: class weights (C,) or empty; ``w_sum``: their sum (C without weights); ``eps``:
-    label smoothing; ``z``: z-loss coefficient. Returns
-    (1-eps) w_y (lse - x_y) + eps/C sum_c w_c (lse - x_c) + z w_y lse**2 and, when ``g`` is
-    non-empty, writes gscale * [p_j ((1-eps) w_y + eps W/C + 2 z w_y lse) - (1-eps) w_y [j==y]
-    - eps w_j/C] into it (``g`` may be ``x``). -inf logits are masks (p = 0)."""
+
+@njit(inline=_INLINE)
+def _xent_coef(lse, wy, w_sum, inv_c, eps, z):
+    """d loss / d lse: (1-eps) w_y + eps W/C + 2 z w_y lse (the gradient is p_j times this,
+    minus (1-eps) w_y [j == y] + eps w_j / C)."""
+    coef = (1.0 - eps) * wy + eps * w_sum * inv_c
+    if z != 0.0:
+        coef += 2.0 * z * wy * lse
+    return coef
+
+
+@njit(inline=_INLINE)
+def _xent_grad_y(ey, a, c, wy, gscale, eps):
+    """The true class's gradient in float64, e_y a - c w_y - gscale (1-eps) w_y, folded before
+    rounding (a = gscale coef / s, c = gscale eps / C)."""
+    return ey * a - c * wy - gscale * (1.0 - eps) * wy
+
+
+@njit(**_HELPER)
+def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, nt):
+    """softmax_xent_row with a scratch row ``buf`` (len C, or empty: the exps go to ``g``),
+    the next row ``nxt`` to prefetch (or empty) and streaming gradient stores (``nt``)."""
     n = x.shape[0]
     has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
@@ -385,36 +715,32 @@ def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
     sx = _weighted_row_sum(x, w, has_w) if eps != 0.0 else 0.0
     finite = abs(m) < np.inf
     shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
-    s = _exp_shift_sum(x, shift, g, write_g, finite)
+    e = buf if buf.shape[0] > 0 else g  # where the exps go
+    s = _exp_shift_sum(x, shift, e, write_g, finite, nxt)
     lse = np.float64(shift) + math.log(s)
     inv_c = 1.0 / n
-    loss = (1.0 - eps) * wy * (lse - xy)
-    if eps != 0.0:
-        loss += eps * inv_c * (w_sum * lse - sx)
-    if z != 0.0:
-        loss += z * wy * lse * lse
+    loss = _xent_loss(lse, xy, wy, sx, w_sum, inv_c, eps, z)
     if write_g:
-        coef = (1.0 - eps) * wy + eps * w_sum * inv_c
-        if z != 0.0:
-            coef += 2.0 * z * wy * lse
-        a = gscale * coef / s
-        ey = np.float64(g[y])
-        af = _like(a, x)
+        a = gscale * _xent_coef(lse, wy, w_sum, inv_c, eps, z) / s
         c = gscale * eps * inv_c
-        if eps != 0.0:
-            cf = _like(c, x)
-            if has_w:
-                for j in range(n):
-                    g[j] = g[j] * af - cf * w[j]
-            else:
-                for j in range(n):
-                    g[j] = g[j] * af - cf
-        else:
-            for j in range(n):
-                g[j] = g[j] * af
-        # the true class in float64, folded before rounding
-        g[y] = ey * a - c * wy - gscale * (1.0 - eps) * wy
+        ey = np.float64(e[y])
+        _scale_row(e, g, _like(a, x), _like(c, x), w, has_w and eps != 0.0, nt)
+        g[y] = _xent_grad_y(ey, a, c, wy, gscale, eps)
     return loss
+
+
+@njit(**_HELPER)
+def softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale):
+    """Cross-entropy of one row of logits ``x`` (C,) with class ``y`` (0 <= y < C).
+
+    ``w``: class weights (C,) or empty; ``w_sum``: their sum (C without weights); ``eps``:
+    label smoothing; ``z``: z-loss coefficient. Returns
+    (1-eps) w_y (lse - x_y) + eps/C sum_c w_c (lse - x_c) + z w_y lse**2 and, when ``g`` is
+    non-empty, writes gscale * [p_j ((1-eps) w_y + eps W/C + 2 z w_y lse) - (1-eps) w_y [j==y]
+    - eps w_j/C] into it (``g`` may be ``x``). -inf logits are masks (p = 0)."""
+    x = _contig(x)
+    none = x[:0]
+    return _softmax_xent_row(x, y, _contig(w), w_sum, eps, z, g, gscale, none, none, False)
 
 
 @njit(**_HELPER)
@@ -442,7 +768,7 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
             tj *= np.float64(w[j])
         r += tj
         q += tj * (shift64 - np.float64(x[j])) if tj != 0.0 else 0.0
-    s = _exp_shift_sum(x, shift, g, write_g, finite)
+    s = _exp_shift_sum(x, shift, g, write_g, finite, x[:0])
     lse = shift64 + math.log(s)
     loss = r * math.log(s) + q
     if z != 0.0:
@@ -524,22 +850,32 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(**_HELPER)
+@njit(inline=_INLINE, **_ITEM)
+def _sigmoid_bce_x(x, t, w, pw):
+    """sigmoid_bce_item in x's precision (vectorisable for float32; t, w, pw of x's type)."""
+    one = _like(1.0, x)
+    zero = _like(0.0, x)
+    e = _exp_nonpos(-abs(x))  # exp(-|x|) in (0, 1]; NaN for NaN
+    l1p = _log1p_unit(e)
+    r = one / (one + e)
+    lw = one + (pw - one) * t
+    xp = x if x > zero else zero
+    xn = x if x < zero else zero
+    loss = (lw * l1p + (one - t) * xp) - (pw * t) * xn  # no cancellation for 0 <= t <= 1
+    loss = (one - t) * x - lw * x if x == -_like(np.inf, x) else loss  # the formula's NaN there
+    sig = r if x >= zero else e * r
+    return w * loss, w * (lw * sig - pw * t)
+
+
+@njit(inline=_INLINE, **_ITEM)
 def sigmoid_bce_item(x, t, w, pw):
     """w * [(1-t) x + (1 + (pw-1) t) log(1 + exp(-x))], PyTorch's BCE-with-logits, stable for
-    any x (no cancellation between large terms: log(1+exp(-x)) = -x + log1p(exp(x)) for x < 0)."""
-    x = np.float64(x)
-    t = np.float64(t)
-    lw = 1.0 + (pw - 1.0) * t
-    if x >= 0.0:
-        e = math.exp(-x)
-        loss = (1.0 - t) * x + lw * math.log1p(e)
-        sig = 1.0 / (1.0 + e)
-    else:
-        e = math.exp(x)  # NaN lands here: NaN out
-        loss = (1.0 - t) * x + lw * (math.log1p(e) - x)  # NaN at x = -inf, as PyTorch
-        sig = e / (1.0 + e)
-    return w * loss, w * (lw * sig - pw * t)
+    any x: with e = exp(-|x|) and r = 1 / (1 + e), log(1 + exp(-x)) = log1p(e) (- x for x < 0)
+    and sigmoid(x) = r (e r for x < 0); the loss is summed as lw log1p(e) + (1-t) max(x, 0) -
+    pw t min(x, 0) (lw = 1 + (pw-1) t), which does not cancel for 0 <= t <= 1. Computed in x's
+    precision (vectorisable for float32). NaN at x = -inf, as PyTorch."""
+    loss, d = _sigmoid_bce_x(x, _like(t, x), _like(w, x), _like(pw, x))
+    return np.float64(loss), np.float64(d)
 
 
 @njit(**_HELPER)
@@ -578,14 +914,20 @@ def mae_item(x, t):
     return abs(d), s
 
 
-@njit(**_HELPER)
-def kl_div_item(x, t, log_target):
-    """PyTorch kl_div: t (log t - x) (0 where t == 0), or exp(t) (t - x) with log_target."""
-    x = np.float64(x)
-    t = np.float64(t)
+@njit(inline=_INLINE, **_ITEM)
+def _kl_div_x(x, t, log_target):
+    """kl_div_item in x's precision (vectorisable for float32 without log_target)."""
     if log_target:
-        et = math.exp(t)
-        return et * (t - x), -et
-    if t == 0.0:
-        return 0.0, -t
-    return t * (math.log(t) - x) if t > 0.0 else np.nan, -t
+        et = math.exp(np.float64(t))
+        return _like(et * (np.float64(t) - np.float64(x)), x), _like(-et, x)
+    loss = t * (flog(t) - x)
+    loss = loss if t > 0 else (_like(0.0, x) if t == 0 else _like(np.nan, x))
+    return loss, -t
+
+
+@njit(inline=_INLINE, **_ITEM)
+def kl_div_item(x, t, log_target):
+    """PyTorch kl_div: t (log t - x) (0 where t == 0, NaN where t < 0), or exp(t) (t - x) with
+    log_target; gradient -t or -exp(t)."""
+    loss, d = _kl_div_x(x, _like(t, x), log_target)
+    return np.float64(loss), np.float64(d)

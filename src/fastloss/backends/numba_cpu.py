@@ -31,7 +31,7 @@ from numba import njit, prange
 from . import KERNEL_NAMES
 from . import _numba_math as fm
 
-__all__ = list(KERNEL_NAMES)
+__all__ = list(KERNEL_NAMES) + ["SMALL_CALLS"]
 
 
 def _prefer_omp():
@@ -135,6 +135,18 @@ def _n_blocks(n_items, item_size):
     return max(1, min(nb, _MAX_BLOCKS, n_items))
 
 
+# Gradients at least this large, with rows at least this long, are written with streaming
+# stores (no read for ownership; far larger than the caches, they would not stay there anyway)
+# from a cache-resident scratch row. Shorter rows measured faster with the exps written straight
+# into the gradient row (its read for ownership then overlaps the exps).
+_NT_BYTES = 8 << 20
+_NT_ROW = 8192
+
+
+def _streaming(grad, row):
+    return grad is not None and row >= _NT_ROW and grad.nbytes >= _NT_BYTES
+
+
 def _twice(fn):
     """(serial, parallel) compilations of the same Python function."""
     return njit(**_OPTS)(fn), njit(parallel=True, **_OPTS)(fn)
@@ -146,11 +158,16 @@ def _twice(fn):
 
 
 @njit(**_OPTS)
-def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, lo, hi):
+def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, lo, hi):
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
     has_gs = gs_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
+    # nt (long rows, large gradient): the exps go to a scratch row that stays in cache, the
+    # gradient is written once with streaming stores, and the next row of the block is
+    # prefetched while this one's exps run. Otherwise the exps go to the gradient row.
+    buf = np.empty(n_classes if nt and write_g else 0, x.dtype)
+    none = x[lo, :0]
     acc = 0.0
     for i in range(lo, hi):
         y = labels[i]
@@ -165,14 +182,106 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
                 gi[j] = np.nan
         else:
             gs = gscale * gs_arr[i] if has_gs else gscale
-            loss = fm.softmax_xent_row(x[i], y, w, w_sum, eps, z, gi, gs)
+            loss = fm._softmax_xent_row(x[i], y, w, w_sum, eps, z, gi, gs, buf,
+                                        x[i + 1] if nt and i + 1 < hi else none, nt)
         if has_lo:
             loss_out[i] = loss
         acc += loss
+    if nt:
+        fm._sfence()
     return acc
 
 
-def _softmax_xent_impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, n_blocks):
+_SMALL_C = 16  # rows of at most this many classes go through the lane kernel
+_LANES = 16  # rows side by side there, one per vector lane
+
+
+@njit(**_OPTS)
+def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, lo, hi):
+    """_softmax_xent_block for C <= _SMALL_C: _LANES rows at a time, transposed (t[c, l] holds
+    x[r0 + l, c]) so that the max, the exps, sums and logs and the loss and gradient formulas
+    run across rows in vector lanes; one short row at a time drowns in per-row overhead."""
+    n_classes = x.shape[1]
+    write_g = g.shape[1] > 0
+    has_w = w.shape[0] > 0
+    has_gs = gs_arr.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    inv_c = 1.0 / n_classes
+    t = np.empty((n_classes, _LANES), x.dtype)  # the rows, then their exps, then the gradient
+    shift = np.empty(_LANES, x.dtype)
+    a_f = np.empty(_LANES, x.dtype)
+    c_f = np.empty(_LANES, x.dtype)
+    yc = np.zeros(_LANES, np.int64)  # the label, or 0 where the row has none
+    ok = np.zeros(_LANES, np.bool_)
+    per_lane = np.zeros((10, _LANES))
+    fill, gs, xy, wy, sx, s, lse, loss, gy, ey = per_lane  # float64 per row
+    acc = 0.0
+    for r0 in range(lo, hi, _LANES):
+        n_rows = min(_LANES, hi - r0)
+        for l in range(_LANES):  # lanes past the block's end repeat its last row, never stored
+            r = r0 + min(l, n_rows - 1)
+            for c in range(n_classes):
+                t[c, l] = x[r, c]
+        for l in range(_LANES):
+            y = labels[r0 + l] if l < n_rows else ignore_index
+            ok[l] = y != ignore_index and 0 <= y < n_classes  # never trusted for memory safety
+            yc[l] = y if ok[l] else 0
+            fill[l] = 0.0 if ok[l] or y == ignore_index else np.nan
+            gs[l] = gscale * gs_arr[r0 + l] if has_gs and l < n_rows else gscale
+            xy[l] = t[yc[l], l]
+            wy[l] = w[yc[l]] if has_w else 1.0
+            shift[l] = -np.inf
+            s[l] = 0.0
+            sx[l] = 0.0
+        for c in range(n_classes):
+            for l in range(_LANES):
+                v = t[c, l]
+                shift[l] = v if v > shift[l] else shift[l]  # the max, NaN skipped
+        for l in range(_LANES):
+            shift[l] = shift[l] if shift[l] > -np.inf else 0.0  # all -inf: lse = -inf
+        if eps != 0.0:
+            for c in range(n_classes):
+                wc = np.float64(w[c]) if has_w else 1.0
+                for l in range(_LANES):
+                    sx[l] += wc * t[c, l] if wc != 0.0 else 0.0
+        for c in range(n_classes):  # x - max <= 0 or NaN
+            for l in range(_LANES):
+                e = fm._exp_nonpos(t[c, l] - shift[l])
+                t[c, l] = e
+                s[l] += e
+        for l in range(_LANES):
+            lse[l] = shift[l] + fm._log_like(s[l], x)
+            ey[l] = t[yc[l], l]
+        for l in range(_LANES):
+            loss[l] = fm._xent_loss(lse[l], xy[l], wy[l], sx[l], w_sum, inv_c, eps, z)
+            a = gs[l] * fm._xent_coef(lse[l], wy[l], w_sum, inv_c, eps, z) / s[l]
+            c = gs[l] * eps * inv_c
+            gy[l] = fm._xent_grad_y(ey[l], a, c, wy[l], gs[l], eps)
+            a_f[l] = a
+            c_f[l] = c
+        for l in range(n_rows):
+            v = loss[l] if ok[l] else fill[l]
+            if has_lo:
+                loss_out[r0 + l] = v
+            acc += v
+        if write_g:
+            for c in range(n_classes):
+                wc = w[c] if has_w and eps != 0.0 else x.dtype.type(1.0)
+                for l in range(_LANES):
+                    t[c, l] = t[c, l] * a_f[l] - c_f[l] * wc
+            for l in range(_LANES):
+                if ok[l]:
+                    t[yc[l], l] = gy[l]
+                else:
+                    for c in range(n_classes):
+                        t[c, l] = fill[l]
+            for l in range(n_rows):
+                for c in range(n_classes):
+                    g[r0 + l, c] = t[c, l]
+    return acc
+
+
+def _softmax_xent_impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, n_blocks):
     n = x.shape[0]
     w_sum = 0.0
     if w.shape[0] > 0:
@@ -181,9 +290,15 @@ def _softmax_xent_impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, lo
     else:
         w_sum = float(x.shape[1])
     sums = np.empty(n_blocks)
+    lanes = x.shape[1] <= _SMALL_C
     for b in prange(n_blocks):
-        sums[b] = _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr,
-                                      loss_out, (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
+        lo, hi = (b * n) // n_blocks, ((b + 1) * n) // n_blocks
+        if lanes:
+            sums[b] = _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale,
+                                                gs_arr, loss_out, lo, hi)
+        else:
+            sums[b] = _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr,
+                                          loss_out, nt, lo, hi)
     total = 0.0
     for b in range(n_blocks):
         total += sums[b]
@@ -200,7 +315,64 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
                 float(z_loss), _E2[k] if grad is None else grad, float(gscale),
                 _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
-                _n_blocks(x.shape[0], x.shape[1]))
+                _streaming(grad, x.shape[1]), _n_blocks(x.shape[0], x.shape[1]))
+
+
+@njit(**_OPTS)
+def _softmax_xent_small_k(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, n_blocks, mean):
+    """The labels checked and counted, then the serial kernel: (False, 0) on a bad label
+    (nothing written), else (True, the reduced loss)."""
+    count = 0.0
+    for i in range(labels.shape[0]):
+        y = labels[i]
+        if y != ignore_index:
+            if y < 0 or y >= x.shape[1]:
+                return False, 0.0
+            count += 1.0
+    if mean:
+        gscale = gscale / count  # IEEE: inf or NaN when every row is ignored, as the general road
+    total = _softmax_xent_s(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, False, n_blocks)
+    return True, total / count if mean else total
+
+
+_PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
+
+
+def _softmax_xent_small(x, labels, out, reduction, entry, grad_output, defaults, max_items):
+    """SMALL_CALLS entry of softmax_xent (see fastloss.backends): plain 2-D float arrays,
+    int64 labels, default options, reduction 'mean'/'sum', on one thread; else NotImplemented."""
+    if (type(x) is not np.ndarray or type(labels) is not np.ndarray or x.ndim != 2
+            or x.dtype not in _PLAIN_FLOATS or labels.dtype != _INT64 or labels.ndim != 1
+            or not 0 < x.size <= max_items or labels.shape[0] != x.shape[0]
+            or reduction not in ("mean", "sum") or type(grad_output) is not float
+            or defaults["weight"] is not None or not (x.flags.c_contiguous and labels.flags.c_contiguous)):
+        return NotImplemented
+    grad = _E2[x.dtype.itemsize]
+    if entry != "loss":
+        if out is None:
+            grad = np.empty(x.shape, x.dtype)
+        elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
+              and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, labels)):
+            grad = out
+        else:
+            return NotImplemented
+    elif out is not None:
+        return NotImplemented
+    k = x.dtype.itemsize
+    ok, value = _softmax_xent_small_k(_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
+                                      defaults["label_smoothing"], defaults["z_loss"], grad,
+                                      grad_output if entry == "grad" else 1.0, _R64, _E1[k],
+                                      _n_blocks(x.shape[0], x.shape[1]), reduction == "mean")
+    if not ok:
+        return NotImplemented  # a bad label: the general road raises
+    if entry == "grad":
+        return grad
+    value = x.dtype.type(value)
+    return value if entry == "loss" else (value, grad)
+
+
+SMALL_CALLS = {"softmax_xent": _softmax_xent_small}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,23 +512,35 @@ def _label_weight_sum(labels, n_classes, ignore_index, has_ignore, w):
 
 
 @njit(**_OPTS)
-def _binary_label_check(t):
-    # a branch-free count first (it vectorises); the position is searched only on failure
+def _n_bad_labels(t, lo, hi):
     n_bad = 0
-    for i in range(t.shape[0]):
-        v = t[i]
-        n_bad += (v != 1) & (v != -1) & (v != 0) & (v == v)
-    if n_bad:
-        for i in range(t.shape[0]):
+    for ii in range(lo, hi):
+        v = t[np.uint64(ii)]  # unsigned: no wraparound test, the loop vectorises
+        n_bad += np.int64((v != 1) & (v != -1) & (v != 0) & (v == v))
+    return n_bad
+
+
+def _binary_label_check_impl(t, n_blocks):
+    # a branch-free count first, in blocks (it vectorises); the position is searched only on failure
+    n = t.shape[0]
+    counts = np.empty(n_blocks, np.int64)
+    for b in prange(n_blocks):
+        counts[b] = _n_bad_labels(t, (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
+    if counts.sum():
+        for i in range(n):
             v = t[i]
             if v != 1 and v != -1 and v != 0 and v == v:
                 return i
     return -1
 
 
-def binary_label_check(target):
+_binary_label_check_s, _binary_label_check_p = _twice(_binary_label_check_impl)
+
+
+def binary_label_check(target, n_threads=1):
     """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
-    return int(_binary_label_check(_ro(target)))
+    return int(_run(_binary_label_check_s, _binary_label_check_p, n_threads,
+                    _ro(target), _n_blocks(target.shape[0], 1)))
 
 
 def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
@@ -372,27 +556,49 @@ def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
 
 @njit(**_OPTS)
 def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
+    # As _make_elementwise's block (chunks of _ECHUNK items, losses into a buffer summed over 16
+    # fixed lanes), in x's precision, each chunk cut where pos_weight's index wraps so that
+    # inside a piece it is the item index plus a constant: the pieces vectorise.
     has_w = w.shape[0] > 0
     n_pw = pw.shape[0]
     write_g = g.shape[0] > 0
     has_gs = gs_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
+    simple = write_g and not has_gs and not has_lo and not has_w
+    one = fm._like(1.0, x)
+    gsf = fm._like(gscale, x)
+    buf = np.empty(_ECHUNK, x.dtype)
     k = lo % n_pw if n_pw > 0 else 0
     acc = 0.0
-    for i in range(lo, hi):
-        wi = np.float64(w[i]) if has_w else 1.0
-        pwi = 1.0
-        if n_pw > 0:
-            pwi = np.float64(pw[k])
-            k += 1
-            if k == n_pw:
-                k = 0
-        loss, d = fm.sigmoid_bce_item(x[i], t[i], wi, pwi)
-        if write_g:
-            g[i] = d * (gscale * gs_arr[i] if has_gs else gscale)
-        if has_lo:
-            loss_out[i] = loss
-        acc += loss
+    for c0 in range(lo, hi, _ECHUNK):
+        c1 = min(c0 + _ECHUNK, hi)
+        p0 = c0
+        while p0 < c1:
+            p1 = min(c1, p0 + n_pw - k) if n_pw > 0 else c1
+            off = np.uint64(k) - np.uint64(p0)  # pos_weight index of item i: i + off (mod 2**64)
+            ub = np.uint64(c0)
+            if simple and n_pw == 0:  # the plain *_and_grad case, kept free of branches
+                for ii in range(p0, p1):
+                    i = np.uint64(ii)
+                    loss, d = fm._sigmoid_bce_x(x[i], t[i], one, one)
+                    g[i] = d * gsf
+                    buf[i - ub] = loss
+            else:
+                for ii in range(p0, p1):
+                    i = np.uint64(ii)
+                    loss, d = fm._sigmoid_bce_x(x[i], t[i], w[i] if has_w else one,
+                                                pw[i + off] if n_pw > 0 else one)
+                    if write_g:
+                        g[i] = d * (fm._like(gscale * gs_arr[i], x) if has_gs else gsf)
+                    if has_lo:
+                        loss_out[i] = loss
+                    buf[i - ub] = loss
+            if n_pw > 0:
+                k += p1 - p0
+                if k == n_pw:
+                    k = 0
+            p0 = p1
+        acc += fm._sum16(buf, 0, c1 - c0)
     return acc
 
 
@@ -423,8 +629,9 @@ def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_ou
 _ECHUNK = 256
 
 
-def _make_elementwise(item):
-    """Serial/parallel kernels of an elementwise loss whose item is item(x, t, p0, p1)."""
+def _make_elementwise(item, native=False):
+    """Serial/parallel kernels of an elementwise loss whose item is item(x, t, p0, p1); native:
+    the item returns (loss, d) in x's precision (float32 stays float32: twice the lanes)."""
 
     @njit(**_OPTS)
     def block(x, t, p0, p1, g, gscale, gs_arr, loss_out, lo, hi):
@@ -435,7 +642,8 @@ def _make_elementwise(item):
         has_gs = gs_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
         simple = write_g and not has_gs and not has_lo
-        buf = np.empty(_ECHUNK)
+        buf = np.empty(_ECHUNK, x.dtype if native else np.float64)
+        gsf = fm._like(gscale, x) if native else gscale
         acc = 0.0
         for c0 in range(lo, hi, _ECHUNK):
             m = min(_ECHUNK, hi - c0)
@@ -445,7 +653,7 @@ def _make_elementwise(item):
                     k = np.uint64(kk)
                     i = base + k
                     loss, d = item(x[i], t[i], p0, p1)
-                    g[i] = d * gscale
+                    g[i] = d * gsf
                     buf[k] = loss
             else:
                 for kk in range(m):
@@ -496,14 +704,14 @@ def _mae2(x, t, a, b):
 
 @njit(inline="always")
 def _kl_div2(x, t, log_target, unused):
-    return fm.kl_div_item(x, t, log_target)
+    return fm._kl_div_x(x, t, log_target)
 
 
 _huber_k = _make_elementwise(_huber2)
 _hinge_k = _make_elementwise(_hinge2)
 _mse_k = _make_elementwise(_mse2)
 _mae_k = _make_elementwise(_mae2)
-_kl_div_k = _make_elementwise(_kl_div2)
+_kl_div_k = _make_elementwise(_kl_div2, native=True)
 
 
 def _elementwise(kernels, x, target, p0, p1, grad, gscale, gscale_arr, loss_out, n_threads):

@@ -344,8 +344,9 @@ def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
 # at these sizes fresh temporaries cost more than the arithmetic.
 
 
-def binary_label_check(target):
-    """Position of the first hinge label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1."""
+def binary_label_check(target, n_threads=1):
+    """Position of the first hinge label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
+    (One thread: NumPy's.)"""
     bad = (target != 1) & (target != -1) & (target != 0) & ~np.isnan(target)
     return int(np.argmax(bad)) if bad.any() else -1
 
