@@ -30,6 +30,11 @@ cdef extern from "_simd.h" nogil:
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
                          double* g, double gscale, const double* gsa, double* lo)
+    void fl_lanes_load_f(const float* xb, Py_ssize_t C, Py_ssize_t R, float* t, float* m)
+    void fl_lanes_load_d(const double* xb, Py_ssize_t C, Py_ssize_t R, double* t, double* m)
+    void fl_lanes_store_f(const float* t, Py_ssize_t C, Py_ssize_t R, float* gb)
+    void fl_lanes_store_d(const double* t, Py_ssize_t C, Py_ssize_t R, double* gb)
+    enum: FL_LANES
     int FL_HAVE_OPENMP
     const char* FL_ISA_NAME
     int fl_cpu_has_avx2_fma()
@@ -77,6 +82,24 @@ cdef inline void row_scale_stream(const floating* e, floating* g, Py_ssize_t n, 
         fl_row_scalestream_f(e, g, n, <float>k, w, <float>k2, wmode)
     else:
         fl_row_scalestream_d(e, g, n, k, w, k2, wmode)
+
+
+cdef inline void lanes_load(const floating* xb, Py_ssize_t C, Py_ssize_t R, floating* t,
+                            floating* m) noexcept nogil:
+    """Rows xb[0:R] (C <= FL_LANES classes) side by side: t[c * FL_LANES + l] = xb[l, c] (lanes
+    l >= R repeat row R - 1), m[l] = max_c xb[l, c] (NaN skipped; -inf for none)."""
+    if floating is float:
+        fl_lanes_load_f(xb, C, R, t, m)
+    else:
+        fl_lanes_load_d(xb, C, R, t, m)
+
+
+cdef inline void lanes_store(const floating* t, Py_ssize_t C, Py_ssize_t R, floating* gb) noexcept nogil:
+    """The tile t back into rows gb[0:R]."""
+    if floating is float:
+        fl_lanes_store_f(t, C, R, gb)
+    else:
+        fl_lanes_store_d(t, C, R, gb)
 
 
 cdef inline floating exp_nonpos(floating x) noexcept nogil:

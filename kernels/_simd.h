@@ -370,6 +370,91 @@ static inline double fl_row_dot_##SUF(const T* w, const T* x, ptrdiff_t n) {    
 FL_ROW_FUNCS(float, f, fl_expf_nonpos, 16)
 FL_ROW_FUNCS(double, d, fl_exp_nonpos, 8)
 
+/* ---- lane tiles ---------------------------------------------------------------------------
+ * Rows of at most FL_LANES classes, FL_LANES rows side by side: t[c * FL_LANES + l] holds class
+ * c of row l, so that per-row work runs across rows in vector lanes.
+ *   fl_lanes_load_SUF(xb, C, R, t, m)   rows xb[0:R] (rows l >= R repeat row R - 1) into t, and
+ *                                       m[l] = the max of row l (NaN skipped, -inf for none)
+ *   fl_lanes_store_SUF(t, C, R, gb)     t back into rows gb[0:R] (nothing else written)
+ * The transposes are gathers and scatters with AVX-512, plain loops otherwise. */
+#define FL_LANES 16
+
+#define FL_LANES_FUNCS(T, SUF)                                                                    \
+static inline void fl_lanes_load_generic_##SUF(const T* xb, ptrdiff_t C, ptrdiff_t R, T* t, T* m) { \
+    ptrdiff_t c, l;                                                                              \
+    for (l = 0; l < FL_LANES; l++) {                                                             \
+        const T* xr = xb + (l < R ? l : R - 1) * C;                                              \
+        for (c = 0; c < C; c++) t[c * FL_LANES + l] = xr[c];                                     \
+    }                                                                                            \
+    for (l = 0; l < FL_LANES; l++) m[l] = -(T)INFINITY;                                          \
+    for (c = 0; c < C; c++)                                                                      \
+        for (l = 0; l < FL_LANES; l++) m[l] = t[c * FL_LANES + l] > m[l] ? t[c * FL_LANES + l] : m[l]; \
+}                                                                                                \
+static inline void fl_lanes_store_generic_##SUF(const T* t, ptrdiff_t C, ptrdiff_t R, T* gb) {    \
+    ptrdiff_t c, l;                                                                              \
+    for (l = 0; l < R; l++)                                                                      \
+        for (c = 0; c < C; c++) gb[l * C + c] = t[c * FL_LANES + l];                             \
+}
+
+FL_LANES_FUNCS(float, f)
+FL_LANES_FUNCS(double, d)
+
+#if defined(__AVX512F__)
+FL_INLINE __m512i fl_lane_offsets(ptrdiff_t C, ptrdiff_t R) {
+    /* element offset of each lane's row: min(l, R - 1) * C (C <= FL_LANES: no overflow) */
+    __m512i l = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_mullo_epi32(_mm512_min_epi32(l, _mm512_set1_epi32((int)R - 1)), _mm512_set1_epi32((int)C));
+}
+
+static inline void fl_lanes_load_f(const float* xb, ptrdiff_t C, ptrdiff_t R, float* t, float* m) {
+    __m512i off = fl_lane_offsets(C, R);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (ptrdiff_t c = 0; c < C; c++) {
+        __m512 v = _mm512_i32gather_ps(off, xb + c, 4);
+        _mm512_storeu_ps(t + c * FL_LANES, v);
+        mx = _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask(v, mx, _CMP_GT_OQ), v);
+    }
+    _mm512_storeu_ps(m, mx);
+}
+
+static inline void fl_lanes_store_f(const float* t, ptrdiff_t C, ptrdiff_t R, float* gb) {
+    __m512i off = fl_lane_offsets(C, R);
+    __mmask16 keep = (__mmask16)((1u << R) - 1u);
+    for (ptrdiff_t c = 0; c < C; c++)
+        _mm512_mask_i32scatter_ps(gb + c, keep, off, _mm512_loadu_ps(t + c * FL_LANES), 4);
+}
+
+static inline void fl_lanes_load_d(const double* xb, ptrdiff_t C, ptrdiff_t R, double* t, double* m) {
+    __m512i off = fl_lane_offsets(C, R);
+    __m256i lo = _mm512_castsi512_si256(off), hi = _mm512_extracti64x4_epi64(off, 1);
+    __m512d m0 = _mm512_set1_pd(-INFINITY), m1 = m0;
+    for (ptrdiff_t c = 0; c < C; c++) {
+        __m512d v0 = _mm512_i32gather_pd(lo, xb + c, 8), v1 = _mm512_i32gather_pd(hi, xb + c, 8);
+        _mm512_storeu_pd(t + c * FL_LANES, v0);
+        _mm512_storeu_pd(t + c * FL_LANES + 8, v1);
+        m0 = _mm512_mask_mov_pd(m0, _mm512_cmp_pd_mask(v0, m0, _CMP_GT_OQ), v0);
+        m1 = _mm512_mask_mov_pd(m1, _mm512_cmp_pd_mask(v1, m1, _CMP_GT_OQ), v1);
+    }
+    _mm512_storeu_pd(m, m0);
+    _mm512_storeu_pd(m + 8, m1);
+}
+
+static inline void fl_lanes_store_d(const double* t, ptrdiff_t C, ptrdiff_t R, double* gb) {
+    __m512i off = fl_lane_offsets(C, R);
+    __m256i lo = _mm512_castsi512_si256(off), hi = _mm512_extracti64x4_epi64(off, 1);
+    unsigned keep = (1u << R) - 1u;
+    for (ptrdiff_t c = 0; c < C; c++) {
+        _mm512_mask_i32scatter_pd(gb + c, (__mmask8)(keep & 0xff), lo, _mm512_loadu_pd(t + c * FL_LANES), 8);
+        _mm512_mask_i32scatter_pd(gb + c, (__mmask8)(keep >> 8), hi, _mm512_loadu_pd(t + c * FL_LANES + 8), 8);
+    }
+}
+#else
+#define fl_lanes_load_f fl_lanes_load_generic_f
+#define fl_lanes_store_f fl_lanes_store_generic_f
+#define fl_lanes_load_d fl_lanes_load_generic_d
+#define fl_lanes_store_d fl_lanes_store_generic_d
+#endif
+
 
 /* ---- log ----------------------------------------------------------------------------------
  * fdlibm's log (< 1 ulp), branch-free so that it vectorises: x = 2^k m, m in [sqrt(2)/2, sqrt(2)),

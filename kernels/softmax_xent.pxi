@@ -77,8 +77,8 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
 
 
 cdef enum:
-    SMALL_C = 16        # rows of at most this many classes go through the lane kernel
-    LANES = 16          # rows side by side there, one per vector lane
+    SMALL_C = FL_LANES  # rows of at most this many classes go through the lane kernel
+    LANES = FL_LANES    # rows side by side there, one per vector lane
 
 
 cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, const floating* w,
@@ -108,7 +108,6 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
     cdef char ok[LANES]
     cdef Py_ssize_t r0, R, c, l
     cdef const floating* xb
-    cdef floating* gb
     cdef int64_t y
     cdef floating e
     cdef double acc = 0.0, inv_c = 1.0 / C
@@ -116,10 +115,7 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
     while r0 < stop:
         R = stop - r0 if stop - r0 < LANES else LANES
         xb = x + r0 * C
-        # transpose in; lanes past the block's end repeat its last row (computed, never stored)
-        for l in range(LANES):
-            for c in range(C):
-                t[c * LANES + l] = xb[(l if l < R else R - 1) * C + c]
+        lanes_load(xb, C, R, t, m)   # lanes past the block's end repeat its last row, never stored
         for l in range(LANES):
             y = labels[r0 + l] if l < R else ignore_index
             ok[l] = y != ignore_index and y >= 0 and y < C
@@ -128,14 +124,9 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
             gs[l] = gscale * gsa[r0 + l] if (gsa != NULL and l < R) else gscale
             xy[l] = t[yc[l] * LANES + l]
             wy[l] = w[yc[l]] if w != NULL else 1.0
-            m[l] = -INFINITY
+            shf[l] = 0 if m[l] == -INFINITY else m[l]
             s[l] = 0.0
             wx[l] = 0.0
-        for c in range(C):
-            for l in range(LANES):
-                m[l] = t[c * LANES + l] if t[c * LANES + l] > m[l] else m[l]
-        for l in range(LANES):
-            shf[l] = 0 if m[l] == -INFINITY else m[l]
         if eps != 0:
             for c in range(C):
                 for l in range(LANES):
@@ -161,22 +152,25 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
                 loss_out[r0 + l] = <floating>loss[l]
             acc += loss[l]
         if grad != NULL:
-            for c in range(C):
-                for l in range(LANES):
-                    e = t[c * LANES + l] * k[l]
-                    if eps != 0:
-                        e = e - (w[c] * k2[l] if w != NULL else k2[l])
-                    t[c * LANES + l] = e
+            if eps == 0:   # one loop per case: each vectorises
+                for c in range(C):
+                    for l in range(LANES):
+                        t[c * LANES + l] = t[c * LANES + l] * k[l]
+            elif w == NULL:
+                for c in range(C):
+                    for l in range(LANES):
+                        t[c * LANES + l] = t[c * LANES + l] * k[l] - k2[l]
+            else:
+                for c in range(C):
+                    for l in range(LANES):
+                        t[c * LANES + l] = t[c * LANES + l] * k[l] - w[c] * k2[l]
             for l in range(LANES):
                 t[yc[l] * LANES + l] = <floating>gy[l]
             for l in range(LANES):
                 if not ok[l]:
                     for c in range(C):
                         t[c * LANES + l] = <floating>fill[l]
-            gb = grad + r0 * C
-            for l in range(R):
-                for c in range(C):
-                    gb[l * C + c] = t[c * LANES + l]
+            lanes_store(t, C, R, grad + r0 * C)
         r0 += R
     return acc
 

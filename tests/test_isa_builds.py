@@ -20,7 +20,7 @@ rng = np.random.default_rng()
 for name, cases in OPTION_CASES.items():
     for case in cases:
         for dtype in (np.float32, np.float64):
-            for shape in ((9, 7), (70, 531)):  # 9 rows: never all ignored
+            for shape in ((9, 7), (37, 10), (70, 531)):  # 9 rows: never all ignored; 37: lane tiles
                 x, t, opts = make_inputs(name, case, dtype, rng, shape)
                 loss, grad = call(name, "loss_and_grad", x, t, backend="cython", **opts)
                 tol = TOL[dtype] * 10
