@@ -12,10 +12,18 @@ cdef extern from "_simd.h" nogil:
     double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift, const float* pf)
     double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift, const double* pf)
     void fl_row_scale_f(float* g, Py_ssize_t n, float k)
-    void fl_row_scalestream_f(const float* e, float* g, Py_ssize_t n, float k,
-                              const float* w, float k2, int wmode)
-    void fl_row_scalestream_d(const double* e, double* g, Py_ssize_t n, double k,
-                              const double* w, double k2, int wmode)
+    ctypedef struct fl_streamer:
+        pass
+    void fl_streamer_begin_f(fl_streamer* s, float* dst)
+    void fl_streamer_begin_d(fl_streamer* s, double* dst)
+    void fl_streamer_put_f(fl_streamer* s, const float* src, Py_ssize_t n)
+    void fl_streamer_put_d(fl_streamer* s, const double* src, Py_ssize_t n)
+    void fl_streamer_put_scaled_f(fl_streamer* s, const float* e, Py_ssize_t n, float k,
+                                  const float* w, float k2, Py_ssize_t y, float gy)
+    void fl_streamer_put_scaled_d(fl_streamer* s, const double* e, Py_ssize_t n, double k,
+                                  const double* w, double k2, Py_ssize_t y, double gy)
+    void fl_streamer_end_f(fl_streamer* s)
+    void fl_streamer_end_d(fl_streamer* s)
     void fl_sfence()
     void fl_row_scale_d(double* g, Py_ssize_t n, double k)
     void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
@@ -73,15 +81,39 @@ cdef inline void row_scale_sub(floating* g, Py_ssize_t n, double k, const floati
         fl_row_scale_sub_d(g, n, k, w, k2)
 
 
-cdef inline void row_scale_stream(const floating* e, floating* g, Py_ssize_t n, double k,
-                                  const floating* w, double k2) noexcept nogil:
-    """g_j = e_j k - w_j k2 (w NULL: - k2; k2 == 0: no term) with streaming stores (e is a
-    scratch row): the values row_scale_sub computes in place, without g ever being read."""
-    cdef int wmode = 0 if k2 == 0 else (1 if w == NULL else 2)
+cdef inline void streamer_begin(fl_streamer* st, floating* dst) noexcept nogil:
+    """Start streaming a contiguous region at dst (see _simd.h: full 64-byte lines, non-temporal)."""
     if floating is float:
-        fl_row_scalestream_f(e, g, n, <float>k, w, <float>k2, wmode)
+        fl_streamer_begin_f(st, dst)
     else:
-        fl_row_scalestream_d(e, g, n, k, w, k2, wmode)
+        fl_streamer_begin_d(st, dst)
+
+
+cdef inline void streamer_put(fl_streamer* st, const floating* src, Py_ssize_t n) noexcept nogil:
+    """Append src[0:n] to the region."""
+    if floating is float:
+        fl_streamer_put_f(st, src, n)
+    else:
+        fl_streamer_put_d(st, src, n)
+
+
+cdef inline void streamer_put_scaled(fl_streamer* st, const floating* e, Py_ssize_t n, double k,
+                                     const floating* w, double k2, Py_ssize_t y, double gy) noexcept nogil:
+    """Append e_j k - w_j k2 (w NULL: - k2; k2 == 0: e_j k), with gy as item y (row_scale_sub's
+    values), computed a chunk at a time on the way out."""
+    if floating is float:
+        fl_streamer_put_scaled_f(st, e, n, <float>k, w, <float>k2, y, <float>gy)
+    else:
+        fl_streamer_put_scaled_d(st, e, n, k, w, k2, y, gy)
+
+
+cdef inline void streamer_end(fl_streamer* st, const floating* region) noexcept nogil:
+    """Write what is carried over (then fl_sfence() before the data is read); ``region`` is the
+    region's start (it only selects the element type)."""
+    if floating is float:
+        fl_streamer_end_f(st)
+    else:
+        fl_streamer_end_d(st)
 
 
 cdef inline void lanes_load(const floating* xb, Py_ssize_t C, Py_ssize_t R, floating* t,
@@ -138,7 +170,6 @@ cdef enum:
 
 cdef enum:
     STREAM_MIN_BYTES = 8 << 20   # gradients at least this big are written with streaming stores
-    STREAM_MIN_ROW_BYTES = 32768 # ... when their rows are at least this long
 
 
 cdef inline Py_ssize_t n_blocks_for(Py_ssize_t n_items) noexcept nogil:

@@ -304,32 +304,6 @@ static inline double fl_row_expsum_##SUF(const T* x, T* g, ptrdiff_t n, T shift,
     }                                                                                            \
     return fl_lanes_total_##SUF(acc, tail);                                                      \
 }                                                                                                \
-static inline void fl_row_scalestream_##SUF(const T* e, T* g, ptrdiff_t n, T k,                  \
-                                            const T* w, T k2, int wmode) {                        \
-    /* g_j = e_j k [- w_j k2 (wmode 2) | - k2 (wmode 1)] with streaming stores: e is the row's    \
-     * exps in a cache-resident scratch row, so g is written once and never read. */              \
-    T buf[FL_BLK];                                                                               \
-    ptrdiff_t j = 0, k0, m;                                                                      \
-    /* head: up to the first 64-byte aligned element of g */                                     \
-    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)g & 63)) & 63) / sizeof(T));                  \
-    if (((uintptr_t)g & (sizeof(T) - 1)) != 0) head = n; /* misaligned elements: plain stores */ \
-    while (j < n) {                                                                              \
-        m = n - j < FL_BLK ? n - j : FL_BLK;                                                     \
-        if (j < head && head - j < m) m = head - j;                                              \
-        const T* es = e + j;                                                                     \
-        const T* ws = w != NULL ? w + j : NULL;                                                  \
-        if (wmode == 2) {                                                                        \
-            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k - ws[k0] * k2;                      \
-        } else if (wmode == 1) {                                                                 \
-            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k - k2;                                \
-        } else {                                                                                 \
-            for (k0 = 0; k0 < m; k0++) buf[k0] = es[k0] * k;                                     \
-        }                                                                                        \
-        if (j < head) { for (k0 = 0; k0 < m; k0++) g[j + k0] = buf[k0]; }                        \
-        else fl_stream_##SUF(g + j, buf, m);                                                     \
-        j += m;                                                                                  \
-    }                                                                                            \
-}                                                                                                \
 static inline void fl_row_scale_##SUF(T* g, ptrdiff_t n, T k) {                                  \
     ptrdiff_t j;                                                                                 \
     FL_IVDEP                                                                                     \
@@ -369,6 +343,76 @@ static inline double fl_row_dot_##SUF(const T* w, const T* x, ptrdiff_t n) {    
 
 FL_ROW_FUNCS(float, f, fl_expf_nonpos, 16)
 FL_ROW_FUNCS(double, d, fl_exp_nonpos, 8)
+
+/* ---- streaming a contiguous region ---------------------------------------------------------
+ * The gradient rows of a block of rows form one contiguous region, written once and never read
+ * back: fl_streamer_put_SUF appends values to it (a row at a time) with non-temporal stores of
+ * whole 64-byte lines, carrying a line's first values over to the next call, so rows of any
+ * length give aligned, full-line streams (no read for ownership: 2 memory streams per element
+ * instead of 3). The region's partial first and last lines get plain stores (they may share a
+ * line with another block's region). fl_streamer_end_SUF writes the carried values; the
+ * caller then issues fl_sfence() before the data is read by anyone. */
+#define FL_LINE_ITEMS(T) ((ptrdiff_t)(64 / sizeof(T)))
+typedef union {  /* one type for both element types (the Cython side is generic over them) */
+    struct { float* d; ptrdiff_t head, pn; float pend[16]; } f;
+    struct { double* d; ptrdiff_t head, pn; double pend[8]; } d;
+} fl_streamer;
+
+#define FL_STREAMER(T, SUF)                                                                        \
+static inline void fl_streamer_begin_##SUF(fl_streamer* s, T* dst) {                              \
+    s->SUF.d = dst;                                                                               \
+    s->SUF.pn = 0;                                                                                \
+    s->SUF.head = (ptrdiff_t)(((64 - ((uintptr_t)dst & 63)) & 63) / sizeof(T));                   \
+    if (((uintptr_t)dst & (sizeof(T) - 1)) != 0) s->SUF.head = PTRDIFF_MAX; /* misaligned: plain */ \
+}                                                                                                 \
+static inline void fl_streamer_put_##SUF(fl_streamer* s, const T* src, ptrdiff_t n) {              \
+    /* pend holds the values of [d - pn, d), the start of a line (pn > 0 only after the head) */  \
+    const ptrdiff_t L = FL_LINE_ITEMS(T);                                                         \
+    ptrdiff_t j = 0, k, q;                                                                        \
+    for (; j < n && s->SUF.head > 0; j++, s->SUF.head--) *s->SUF.d++ = src[j];                    \
+    if (j < n && s->SUF.pn > 0) {                                                                 \
+        k = L - s->SUF.pn < n - j ? L - s->SUF.pn : n - j;                                        \
+        for (q = 0; q < k; q++) s->SUF.pend[s->SUF.pn + q] = src[j + q];                          \
+        s->SUF.pn += k;                                                                           \
+        s->SUF.d += k;                                                                            \
+        j += k;                                                                                   \
+        if (s->SUF.pn == L) {                                                                     \
+            fl_stream_##SUF(s->SUF.d - L, s->SUF.pend, L);                                        \
+            s->SUF.pn = 0;                                                                        \
+        }                                                                                         \
+    }                                                                                             \
+    k = (n - j) - (n - j) % L;                                                                    \
+    if (k > 0) {                                                                                  \
+        fl_stream_##SUF(s->SUF.d, src + j, k);                                                    \
+        s->SUF.d += k;                                                                            \
+        j += k;                                                                                   \
+    }                                                                                             \
+    for (; j < n; j++) {                                                                          \
+        s->SUF.pend[s->SUF.pn++] = src[j];                                                        \
+        s->SUF.d++;                                                                               \
+    }                                                                                             \
+}                                                                                                 \
+static inline void fl_streamer_put_scaled_##SUF(fl_streamer* s, const T* e, ptrdiff_t n, T k,      \
+                                                const T* w, T k2, ptrdiff_t y, T gy) {            \
+    /* appends e_j k - w_j k2 (w NULL: - k2), with gy in place of item y, a chunk at a time */    \
+    T buf[FL_BLK];                                                                                \
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += FL_BLK) {                                                \
+        ptrdiff_t m = n - j0 < FL_BLK ? n - j0 : FL_BLK, q;                                       \
+        const T* es = e + j0;                                                                     \
+        if (k2 == 0) { for (q = 0; q < m; q++) buf[q] = es[q] * k; }                              \
+        else if (w == NULL) { for (q = 0; q < m; q++) buf[q] = es[q] * k - k2; }                  \
+        else { const T* ws = w + j0; for (q = 0; q < m; q++) buf[q] = es[q] * k - ws[q] * k2; }   \
+        if (y >= j0 && y < j0 + m) buf[y - j0] = gy;                                              \
+        fl_streamer_put_##SUF(s, buf, m);                                                         \
+    }                                                                                             \
+}                                                                                                 \
+static inline void fl_streamer_end_##SUF(fl_streamer* s) {                                        \
+    for (ptrdiff_t q = 0; q < s->SUF.pn; q++) s->SUF.d[q - s->SUF.pn] = s->SUF.pend[q];           \
+    s->SUF.pn = 0;                                                                                \
+}
+
+FL_STREAMER(float, f)
+FL_STREAMER(double, d)
 
 /* ---- lane tiles ---------------------------------------------------------------------------
  * Rows of at most FL_LANES classes, FL_LANES rows side by side: t[c * FL_LANES + l] holds class

@@ -19,18 +19,23 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
                                bint stream) noexcept nogil:
     cdef Py_ssize_t i
     cdef const floating* xr
-    cdef floating* gr = NULL
+    cdef floating* e = NULL   # where a row's exps, then its gradient, go
     cdef int64_t y
-    cdef double acc = 0.0, loss, shift, s, lse, x_y, w_y, wx_sum, gs, coef
+    cdef double acc = 0.0, loss, shift, s, lse, x_y, w_y, wx_sum, gs, k, g_y
     cdef double inv_c = 1.0 / C
     cdef floating m
     cdef floating* scratch = NULL
+    cdef fl_streamer st
     if stream and grad != NULL:
-        scratch = <floating*>malloc(C * sizeof(floating))  # NULL: plain stores, same values
+        # the gradient rows of the block are one region, written once: each row is computed in a
+        # scratch row that stays in cache and streamed out (NULL: plain stores, same values)
+        scratch = <floating*>malloc(C * sizeof(floating))
+        if scratch != NULL:
+            streamer_begin(&st, grad + start * C)
     for i in range(start, stop):
         xr = x + i * C
         if grad != NULL:
-            gr = grad + i * C
+            e = scratch if scratch != NULL else grad + i * C
         gs = gscale * gsa[i] if gsa != NULL else gscale
         y = labels[i]
         if y == ignore_index or y < 0 or y >= C:
@@ -38,39 +43,37 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
             # has a NaN mean and a zero gradient). A label outside [0, C) never gets here
             # (label_weight_sum ran first); if one did, its row gets NaN, not an out-of-bounds read.
             loss = 0.0 if y == ignore_index else <double>NAN
-            if gr != NULL:
-                row_fill(gr, C, loss)
-            if loss_out != NULL:
-                loss_out[i] = <floating>loss
-            acc += loss
-            continue
-        # pass 1: everything read from the raw row
-        x_y = xr[y]
-        w_y = w[y] if w != NULL else 1.0
-        m = row_max(xr, C)
-        wx_sum = row_wdot(w, xr, C) if eps != 0 else 0.0
-        shift = 0.0 if m == -INFINITY else m
-        # pass 2 (streaming: the exps go to a per-block scratch row that stays in cache, and
-        # pass 3 writes the gradient from it with non-temporal stores, so the gradient's memory
-        # is written once and never read)
-        s = row_expsum(xr, scratch if scratch != NULL else gr, C, <floating>shift,
-                       xr + C if i + 1 < stop else NULL)
-        lse = shift + log(s)
-        loss = softmax_xent_loss(lse, x_y, w_y, eps, inv_c, w_sum, wx_sum, z)
+            if e != NULL:
+                row_fill(e, C, loss)
+                if scratch != NULL:
+                    streamer_put(&st, scratch, C)
+        else:
+            # pass 1: everything read from the raw row
+            x_y = xr[y]
+            w_y = w[y] if w != NULL else 1.0
+            m = row_max(xr, C)
+            wx_sum = row_wdot(w, xr, C) if eps != 0 else 0.0
+            shift = 0.0 if m == -INFINITY else m
+            # pass 2: the exps (the next row is prefetched meanwhile)
+            s = row_expsum(xr, e, C, <floating>shift, xr + C if i + 1 < stop else NULL)
+            lse = shift + log(s)
+            loss = softmax_xent_loss(lse, x_y, w_y, eps, inv_c, w_sum, wx_sum, z)
+            # pass 3: grad_j = (p_j A - eps w_j / C) gs, the true class in double (streamed:
+            # computed on the way out of the scratch row)
+            if e != NULL:
+                # p_j = e_j / s, exact even where lse absorbs log(s) (|max| ~ 1e38)
+                k = softmax_xent_coef(lse, w_y, eps, inv_c, w_sum, z) / s * gs
+                g_y = softmax_xent_grad_y(fl_exp(x_y - shift), s, lse, w_y, eps, inv_c, w_sum, z) * gs
+                if scratch != NULL:
+                    streamer_put_scaled(&st, scratch, C, k, w, eps * inv_c * gs, y, g_y)
+                else:
+                    row_scale_sub(e, C, k, w, eps * inv_c * gs)
+                    e[y] = <floating>g_y
         if loss_out != NULL:
             loss_out[i] = <floating>loss
         acc += loss
-        # pass 3: grad_j = (p_j A - eps w_j / C) gs, then the true class in double
-        if gr != NULL:
-            coef = softmax_xent_coef(lse, w_y, eps, inv_c, w_sum, z)
-            # p_j = e_j / s, exact even where lse absorbs log(s) (|max| ~ 1e38)
-            if scratch != NULL:
-                row_scale_stream(scratch, gr, C, coef / s * gs, w, eps * inv_c * gs)
-            else:
-                row_scale_sub(gr, C, coef / s * gs, w, eps * inv_c * gs)
-            gr[y] = <floating>(softmax_xent_grad_y(fl_exp(x_y - shift), s, lse, w_y, eps, inv_c,
-                                                   w_sum, z) * gs)
     if scratch != NULL:
+        streamer_end(&st, scratch)
         fl_sfence()
         free(scratch)
     return acc
@@ -182,12 +185,9 @@ cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floa
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
     cdef Py_ssize_t nb, b
-    # streaming stores for a gradient that is not the logits, too big to stay in cache, in long
-    # rows (measured: with rows of ~4 KB the plain stores of the partial lines at the row ends
-    # make streaming slower than write-allocate; 65536 x 1000 loses ~30%)
+    # streaming stores for a gradient that is not the logits and too big to stay in cache
     cdef bint stream = (gp != NULL and <const floating*>gp != xp
-                        and N * C * sizeof(floating) >= STREAM_MIN_BYTES
-                        and C * sizeof(floating) >= STREAM_MIN_ROW_BYTES)
+                        and N * C * sizeof(floating) >= STREAM_MIN_BYTES)
     # the lane kernel computes LANES rows at a time: blocks of at least that many rows
     nb = n_blocks_for((N + LANES - 1) // LANES if C <= SMALL_C else N)
     for b in prange(nb, schedule='static', num_threads=n_threads):

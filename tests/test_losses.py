@@ -97,6 +97,32 @@ def test_many_rows_of_few_classes(backend, shape):
                 assert rel_err(mean_grad, reference.grad(name, x, t, **opts)) <= tol, where
 
 
+@pytest.mark.parametrize("shape", ((2101, 1001), (257, 8193)))
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_large_gradients(backend, shape):
+    """softmax_xent on gradients of over 8 MB: the kernels stream them out (non-temporal stores
+    of whole lines, rows not line-aligned); in place (out=x) they do not."""
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    for case in OPTION_CASES["softmax_xent"]:
+        x, t, opts = make_inputs("softmax_xent", case, np.float32, rng, shape)
+        if not case.get("probs"):
+            t[rng.integers(0, shape[0], 5)] = opts.get("ignore_index", -100)
+        grad_output = rng.uniform(0.5, 2.0, shape[0])
+        loss, grad = call("softmax_xent", "loss_and_grad", x, t, backend=backend, **opts)
+        scaled = call("softmax_xent", "grad", x, t, reduction="none", grad_output=grad_output,
+                      backend=backend, **opts)
+        in_place = x.copy()
+        call("softmax_xent", "loss_and_grad", in_place, t, out=in_place, backend=backend, **opts)
+        tol = TOL[np.float32] * 10
+        expected = reference.grad("softmax_xent", x, t, **opts)
+        where = f"seed={seed} {case} {shape}"
+        assert rel_err(loss, reference.loss("softmax_xent", x, t, **opts)) <= tol, where
+        assert rel_err(grad, expected) <= tol, where
+        assert rel_err(in_place, expected) <= tol, where
+        assert rel_err(scaled, reference.grad("softmax_xent", x, t, "none", grad_output, **opts)) <= tol, where
+
+
 @pytest.mark.parametrize("name", list(OPTION_CASES))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_leading_batch_dims_and_1d(backend, name):
