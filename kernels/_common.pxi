@@ -34,10 +34,10 @@ cdef extern from "_simd.h" nogil:
     double fl_row_dot_d(const double* w, const double* x, Py_ssize_t n)
     double fl_ew_block_f(int kind, const float* x, const float* t, const float* w, const float* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
-                         float* g, double gscale, const double* gsa, float* lo)
+                         float* g, double gscale, const double* gsa, float* lo, int stream)
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
-                         double* g, double gscale, const double* gsa, double* lo)
+                         double* g, double gscale, const double* gsa, double* lo, int stream)
     void fl_lanes_load_f(const float* xb, Py_ssize_t C, Py_ssize_t R, float* t, float* m)
     void fl_lanes_load_d(const double* xb, Py_ssize_t C, Py_ssize_t R, double* t, double* m)
     void fl_lanes_store_f(const float* t, Py_ssize_t C, Py_ssize_t R, float* gb)

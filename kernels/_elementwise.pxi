@@ -21,14 +21,15 @@ cdef struct EwParams:
 
 cdef inline double _ew_block(EwKind kind, const floating* x, const floating* t, const floating* w,
                              const floating* pw, EwParams prm, Py_ssize_t start, Py_ssize_t stop,
-                             floating* g, double gscale, const double* gsa, floating* lo) noexcept nogil:
+                             floating* g, double gscale, const double* gsa, floating* lo,
+                             bint stream) noexcept nogil:
     # the vectorised C loops of _simd.h (branch-free copies of the formulas.pxd item formulas)
     if floating is float:
         return fl_ew_block_f(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
-                             g, gscale, gsa, lo)
+                             g, gscale, gsa, lo, stream)
     else:
         return fl_ew_block_d(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
-                             g, gscale, gsa, lo)
+                             g, gscale, gsa, lo, stream)
 
 
 cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1] t,
@@ -37,6 +38,7 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
                          floating[::1] loss_out, int n_threads) except? -1:
     cdef Py_ssize_t n = x.shape[0], nb, b
     cdef double sums[MAX_BLOCKS]
+    cdef bint stream
     cdef const floating* xp
     cdef const floating* tp
     cdef const floating* wp = NULL
@@ -70,11 +72,13 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
         lp = &loss_out[0]
     if gscale_arr is not None:
         gsa = &gscale_arr[0]
+    # streaming stores for a gradient that is not the input and too big to stay in cache
+    stream = gp != NULL and <const floating*>gp != xp and n * sizeof(floating) >= STREAM_MIN_BYTES
     nb = n_blocks_for(n)
     with nogil:
         for b in prange(nb, schedule='static', num_threads=n_threads):
             sums[b] = _ew_block(kind, xp, tp, wp, pwp, prm, block_start(b, nb, n),
-                                block_start(b + 1, nb, n), gp, gscale, gsa, lp)
+                                block_start(b + 1, nb, n), gp, gscale, gsa, lp, stream)
     return sum_blocks(sums, nb)
 
 

@@ -123,6 +123,19 @@ def test_large_gradients(backend, shape):
         assert rel_err(scaled, reference.grad("softmax_xent", x, t, "none", grad_output, **opts)) <= tol, where
 
 
+@pytest.mark.parametrize("name", [n for n in OPTION_CASES if SPECS[n].layout != ROWS])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_large_elementwise_gradients(backend, name):
+    """Elementwise losses over more than 8 MB of gradient (streamed out, blocks not line-aligned)."""
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float32, rng, (1031, 2039))
+    loss, grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
+    tol = TOL[np.float32] * 10
+    assert rel_err(loss, reference.loss(name, x, t, **opts)) <= tol, f"seed={seed}"
+    assert rel_err(grad, reference.grad(name, x, t, **opts)) <= tol, f"seed={seed}"
+
+
 @pytest.mark.parametrize("name", list(OPTION_CASES))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_leading_batch_dims_and_1d(backend, name):
