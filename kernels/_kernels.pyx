@@ -41,3 +41,19 @@ def cpu_has_avx2_fma():
 def cpu_has_avx512():
     """Whether this CPU (and OS) can run the AVX-512 (F/DQ/BW/VL) build."""
     return bool(fl_cpu_has_avx512())
+
+
+def stream_copy(double[::1] dst, const double[::1] src):
+    """dst[:] = src with non-temporal stores (no read for ownership of dst): the bench's probe
+    of the bandwidth a streaming kernel can reach (np.copyto's memcpy writes through the cache
+    below glibc's non-temporal threshold)."""
+    cdef fl_streamer st
+    if dst.shape[0] != src.shape[0]:
+        raise ValueError("stream_copy: dst and src differ in length")
+    if src.shape[0] == 0:
+        return
+    with nogil:
+        fl_streamer_begin_d(&st, &dst[0])
+        fl_streamer_put_d(&st, &src[0], src.shape[0])
+        fl_streamer_end_d(&st)
+        fl_sfence()

@@ -81,4 +81,6 @@ kl_div = _module.kl_div
 
 SMALL_CALLS = {"softmax_xent": _module.softmax_xent_small}
 
+stream_copy = _module.stream_copy  # the bench's non-temporal copy probe
+
 __all__ = list(KERNEL_NAMES) + ["SMALL_CALLS", "OPENMP", "ISA", "BUILD_INFO"]

@@ -554,6 +554,14 @@ def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(inline="always")
+def _prefetch_chunk(x, t, lo, hi):
+    """x[lo:hi] and t[lo:hi] (the next chunk) into L2 while this chunk computes."""
+    for j in range(lo, hi, fm._line_items(x)):
+        fm._prefetch_l2(x, j)
+        fm._prefetch_l2(t, j)
+
+
 @njit(**_OPTS)
 def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
     # As _make_elementwise's block (chunks of _ECHUNK items, losses into a buffer summed over 16
@@ -572,6 +580,7 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
     acc = 0.0
     for c0 in range(lo, hi, _ECHUNK):
         c1 = min(c0 + _ECHUNK, hi)
+        _prefetch_chunk(x, t, c1, min(c1 + _ECHUNK, hi))
         p0 = c0
         while p0 < c1:
             p1 = min(c1, p0 + n_pw - k) if n_pw > 0 else c1
@@ -631,7 +640,8 @@ _ECHUNK = 256
 
 def _make_elementwise(item, native=False):
     """Serial/parallel kernels of an elementwise loss whose item is item(x, t, p0, p1); native:
-    the item returns (loss, d) in x's precision (float32 stays float32: twice the lanes)."""
+    the item returns (loss, d) in x's precision (float32 stays float32: twice the lanes) and is
+    compute-bound (its next chunk's inputs are prefetched; measured slower for the cheap items)."""
 
     @njit(**_OPTS)
     def block(x, t, p0, p1, g, gscale, gs_arr, loss_out, lo, hi):
@@ -647,6 +657,8 @@ def _make_elementwise(item, native=False):
         acc = 0.0
         for c0 in range(lo, hi, _ECHUNK):
             m = min(_ECHUNK, hi - c0)
+            if native:  # compute-bound items (exp/log): their next inputs come in meanwhile
+                _prefetch_chunk(x, t, c0 + m, min(c0 + m + _ECHUNK, hi))
             base = np.uint64(c0)
             if simple:  # the *_and_grad case, kept free of branches
                 for kk in range(m):
