@@ -197,10 +197,11 @@ _LANES = 16  # rows side by side there, one per vector lane
 
 
 @njit(**_OPTS)
-def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, lo, hi):
+def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, lo, hi):
     """_softmax_xent_block for C <= _SMALL_C: _LANES rows at a time, transposed (t[c, l] holds
     x[r0 + l, c]) so that the max, the exps, sums and logs and the loss and gradient formulas
-    run across rows in vector lanes; one short row at a time drowns in per-row overhead."""
+    run across rows in vector lanes; one short row at a time drowns in per-row overhead. (nt:
+    unused, such rows are never streamed.)"""
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
     has_w = w.shape[0] > 0
@@ -281,58 +282,61 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
     return acc
 
 
-def _softmax_xent_impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, n_blocks):
-    n = x.shape[0]
-    w_sum = 0.0
-    if w.shape[0] > 0:
-        for j in range(w.shape[0]):
-            w_sum += w[j]
-    else:
-        w_sum = float(x.shape[1])
-    sums = np.empty(n_blocks)
-    lanes = x.shape[1] <= _SMALL_C
-    for b in prange(n_blocks):
-        lo, hi = (b * n) // n_blocks, ((b + 1) * n) // n_blocks
-        if lanes:
-            sums[b] = _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale,
-                                                gs_arr, loss_out, lo, hi)
+def _make_softmax_xent(block):
+    """(serial, parallel, small) kernels of softmax_xent over ``block`` (the row or the lane
+    kernel: each compiles only when its kind of shape first comes); ``small`` is the serial one
+    behind the labels' check, for SMALL_CALLS."""
+
+    def impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, n_blocks):
+        n = x.shape[0]
+        w_sum = 0.0
+        if w.shape[0] > 0:
+            for j in range(w.shape[0]):
+                w_sum += w[j]
         else:
-            sums[b] = _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr,
-                                          loss_out, nt, lo, hi)
-    total = 0.0
-    for b in range(n_blocks):
-        total += sums[b]
-    return total
+            w_sum = float(x.shape[1])
+        sums = np.empty(n_blocks)
+        for b in prange(n_blocks):
+            sums[b] = block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt,
+                            (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
+        total = 0.0
+        for b in range(n_blocks):
+            total += sums[b]
+        return total
+
+    serial, parallel = _twice(impl)
+
+    @njit(**_OPTS)
+    def small(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, n_blocks, mean):
+        """The labels checked and counted, then the serial kernel: (False, 0) on a bad label
+        (nothing written), else (True, the reduced loss)."""
+        count = 0.0
+        for i in range(labels.shape[0]):
+            y = labels[i]
+            if y != ignore_index:
+                if y < 0 or y >= x.shape[1]:
+                    return False, 0.0
+                count += 1.0
+        if mean:
+            gscale = gscale / count  # IEEE: inf or NaN when every row is ignored, as the general road
+        total = serial(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, False, n_blocks)
+        return True, total / count if mean else total
+
+    return serial, parallel, small
 
 
-_softmax_xent_s, _softmax_xent_p = _twice(_softmax_xent_impl)
+_SOFTMAX_XENT = {False: _make_softmax_xent(_softmax_xent_block), True: _make_softmax_xent(_softmax_xent_lanes_block)}
 
 
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    return _run(_softmax_xent_s, _softmax_xent_p, n_threads,
+    serial, parallel, _ = _SOFTMAX_XENT[x.shape[1] <= _SMALL_C]
+    return _run(serial, parallel, n_threads,
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
                 float(z_loss), _E2[k] if grad is None else grad, float(gscale),
                 _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
                 _streaming(grad, x.shape[1]), _n_blocks(x.shape[0], x.shape[1]))
-
-
-@njit(**_OPTS)
-def _softmax_xent_small_k(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, n_blocks, mean):
-    """The labels checked and counted, then the serial kernel: (False, 0) on a bad label
-    (nothing written), else (True, the reduced loss)."""
-    count = 0.0
-    for i in range(labels.shape[0]):
-        y = labels[i]
-        if y != ignore_index:
-            if y < 0 or y >= x.shape[1]:
-                return False, 0.0
-            count += 1.0
-    if mean:
-        gscale = gscale / count  # IEEE: inf or NaN when every row is ignored, as the general road
-    total = _softmax_xent_s(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, False, n_blocks)
-    return True, total / count if mean else total
 
 
 _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -360,7 +364,7 @@ def _softmax_xent_small(x, labels, out, reduction, entry, grad_output, defaults,
     elif out is not None:
         return NotImplemented
     k = x.dtype.itemsize
-    ok, value = _softmax_xent_small_k(_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
+    ok, value = _SOFTMAX_XENT[x.shape[1] <= _SMALL_C][2](_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
                                       defaults["label_smoothing"], defaults["z_loss"], grad,
                                       grad_output if entry == "grad" else 1.0, _R64, _E1[k],
                                       _n_blocks(x.shape[0], x.shape[1]), reduction == "mean")
