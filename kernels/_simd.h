@@ -77,17 +77,13 @@ typedef union { double f; uint64_t u; } fl_f64u;
 /* ---- exp ----------------------------------------------------------------------------------
  * x = n*ln2 + r, |r| <= ln2/2 (n by the 1.5*2^k "magic number" rounding, which vectorises on any
  * SSE2), exp(r) by Cephes' polynomial (float: ~1 ulp) or Pade form (double: ~1 ulp), and 2^n
- * built from exponent bits in two halves so that the whole range, denormals included, is exact.
- * Clamps are written "x < lo ? lo : x" so that NaN passes through them unchanged. */
-FL_INLINE float fl_expf(float x) {
-    const float lo = -103.972084f; /* exp(x) < 2^-150 below: rounds to 0 */
-    const float hi = 88.7228394f;  /* exp(x) > FLT_MAX above */
+ * built from exponent bits so that the whole range, denormals included, is exact. */
+
+/* The shared core: x = fn ln2 + r (fn integral, |r| <= ln2/2) and p = exp(r). */
+FL_INLINE float fl_expf_core(float x, float* fn_out) {
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    /* no clamping: outside [lo, hi] (and for +-inf) the arithmetic below may give garbage or NaN,
-     * which the two selects at the end replace; NaN inputs give NaN through r and p. */
-    float xc = x;
-    float fn = FL_FMAF(xc, 1.44269504088896341f, magic) - magic;
-    float r = FL_FMAF(fn, -0.693359375f, xc);
+    float fn = FL_FMAF(x, 1.44269504088896341f, magic) - magic;
+    float r = FL_FMAF(fn, -0.693359375f, x);
     r = FL_FMAF(fn, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
     p = FL_FMAF(p, r, 1.3981999507e-3f);
@@ -95,7 +91,32 @@ FL_INLINE float fl_expf(float x) {
     p = FL_FMAF(p, r, 4.1665795894e-2f);
     p = FL_FMAF(p, r, 1.6666665459e-1f);
     p = FL_FMAF(p, r, 5.0000001201e-1f);
-    p = FL_FMAF(p, r * r, r) + 1.0f;
+    *fn_out = fn;
+    return FL_FMAF(p, r * r, r) + 1.0f;
+}
+
+FL_INLINE double fl_exp_core(double x, double* fn_out) {
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    double fn = FL_FMA(x, 1.4426950408889634, magic) - magic;
+    double r = FL_FMA(fn, -6.93145751953125e-1, x);
+    r = FL_FMA(fn, -1.42860682030941723212e-6, r);
+    double rr = r * r;
+    double px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+                     + 9.99999999999999999910e-1);
+    double qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+                 + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
+    *fn_out = fn;
+    return 1.0 + 2.0 * (px / (qx - px));
+}
+
+/* No clamping: outside [lo, hi] (and for +-inf) the core may give garbage or NaN, which the two
+ * selects at the end replace; NaN inputs give NaN through r and p. 2^n is built in two halves. */
+FL_INLINE float fl_expf(float x) {
+    const float lo = -103.972084f; /* exp(x) < 2^-150 below: rounds to 0 */
+    const float hi = 88.7228394f;  /* exp(x) > FLT_MAX above */
+    const float magic = 12582912.0f;
+    float fn;
+    float p = fl_expf_core(x, &fn);
     float h = (fn * 0.5f + magic) - magic;
     fl_f32u s1, s2;
     s1.f = h + 8388735.0f; /* 2^23 + 127: the mantissa holds h + 127 */
@@ -111,17 +132,9 @@ FL_INLINE float fl_expf(float x) {
 FL_INLINE double fl_exp(double x) {
     const double lo = -745.1332191019412; /* exp(x) < 2^-1075 below */
     const double hi = 709.782712893384;   /* exp(x) > DBL_MAX above */
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    double xc = x; /* see fl_expf */
-    double fn = FL_FMA(xc, 1.4426950408889634, magic) - magic;
-    double r = FL_FMA(fn, -6.93145751953125e-1, xc);
-    r = FL_FMA(fn, -1.42860682030941723212e-6, r);
-    double rr = r * r;
-    double px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
-                     + 9.99999999999999999910e-1);
-    double qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
-                 + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
-    double p = 1.0 + 2.0 * (px / (qx - px));
+    const double magic = 6755399441055744.0;
+    double fn;
+    double p = fl_exp_core(x, &fn);
     double h = (fn * 0.5 + magic) - magic;
     fl_f64u s1, s2;
     s1.f = h + 4503599627371519.0; /* 2^52 + 1023 */
@@ -134,47 +147,29 @@ FL_INLINE double fl_exp(double x) {
     return y;
 }
 
-/* exp(x) for x <= 0 or NaN (softmax's x - max): the same polynomial and so the same values, but
+/* exp(x) for x <= 0 or NaN (softmax's x - max): the same core and so the same values, but
  * 2^n (n in [-150, 0]) in one step, as (p 2^(n+25)) 2^-25: p 2^(n+25) is a normal float
  * (p >= 1/sqrt(2)) and exact, the multiply by 2^-25 rounds once, exactly as the two-halves
- * product does, and only where the result is subnormal (double: 2^(n+54), 2^-54). No overflow branch: 6 fewer vector operations per exp. */
+ * product does, and only where the result is subnormal (double: 2^(n+54), 2^-54). No overflow
+ * branch: 6 fewer vector operations per exp. */
 FL_INLINE float fl_expf_nonpos(float x) {
-    const float lo = -103.972084f;
-    const float magic = 12582912.0f;
-    float fn = FL_FMAF(x, 1.44269504088896341f, magic) - magic;
-    float r = FL_FMAF(fn, -0.693359375f, x);
-    r = FL_FMAF(fn, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = FL_FMAF(p, r, 1.3981999507e-3f);
-    p = FL_FMAF(p, r, 8.3334519073e-3f);
-    p = FL_FMAF(p, r, 4.1665795894e-2f);
-    p = FL_FMAF(p, r, 1.6666665459e-1f);
-    p = FL_FMAF(p, r, 5.0000001201e-1f);
-    p = FL_FMAF(p, r * r, r) + 1.0f;
+    float fn;
+    float p = fl_expf_core(x, &fn);
     fl_f32u sc;
     sc.f = fn + 8388760.0f; /* 2^23 + 127 + 25 */
     sc.u <<= 23;
     float y = (p * sc.f) * 2.98023223876953125e-8f; /* 2^-25 */
-    return x < lo ? 0.0f : y;
+    return x < -103.972084f ? 0.0f : y;
 }
 
 FL_INLINE double fl_exp_nonpos(double x) {
-    const double lo = -745.1332191019412;
-    const double magic = 6755399441055744.0;
-    double fn = FL_FMA(x, 1.4426950408889634, magic) - magic;
-    double r = FL_FMA(fn, -6.93145751953125e-1, x);
-    r = FL_FMA(fn, -1.42860682030941723212e-6, r);
-    double rr = r * r;
-    double px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
-                     + 9.99999999999999999910e-1);
-    double qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
-                 + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
-    double p = 1.0 + 2.0 * (px / (qx - px));
+    double fn;
+    double p = fl_exp_core(x, &fn);
     fl_f64u sc;
     sc.f = fn + 4503599627371573.0; /* 2^52 + 1023 + 54 */
     sc.u <<= 52;
     double y = (p * sc.f) * 5.5511151231257827e-17; /* 2^-54 */
-    return x < lo ? 0.0 : y;
+    return x < -745.1332191019412 ? 0.0 : y;
 }
 
 /* ---- row primitives -----------------------------------------------------------------------

@@ -267,18 +267,6 @@ def _ol_flog(x):
     return lambda x: math.log(x)
 
 
-def _log_like(s, a):
-    """log of a float64 s, computed in the precision of array a (vectorisable for float32)."""
-    return math.log(s)
-
-
-@overload(_log_like)
-def _ol_log_like(s, a):
-    if a.dtype == types.float32:
-        return lambda s, a: np.float64(_logf32(np.float32(s)))
-    return lambda s, a: math.log(s)
-
-
 def _log1p_unit(x):
     return math.log1p(x)
 

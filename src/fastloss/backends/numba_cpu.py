@@ -251,7 +251,7 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
                 t[c, l] = e
                 s[l] += e
         for l in range(_LANES):
-            lse[l] = shift[l] + fm._log_like(s[l], x)
+            lse[l] = shift[l] + np.float64(fm.flog(fm._like(s[l], x)))  # in x's precision: vectorises
             ey[l] = t[yc[l], l]
         for l in range(_LANES):
             loss[l] = fm._xent_loss(lse[l], xy[l], wy[l], sx[l], w_sum, inv_c, eps, z)
