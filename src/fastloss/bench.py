@@ -325,7 +325,7 @@ def format_markdown(report, min_elements=1 << 20):
     m = report["machine"]
     lines = [f"{m['processor']}, {m['threads']} threads, {m['date']}; NumPy {m['numpy']}, Numba "
              f"{m.get('numba', '-')}, PyTorch {m.get('torch', '-')}, JAX {m.get('jax', '-')}; copy bandwidth "
-             f"{_copies_text(report)} (read + write).", "",
+             f"(read + write) {_copies_text(report)}.", "",
              "| loss | shape | backend | median | GB/s | % of copy | vs NumPy | vs PyTorch | vs JAX |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
