@@ -11,4 +11,4 @@ python setup.py -q build_ext --inplace
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" PYTHONPATH="$work/src"
 python -m pytest -q -p no:cacheprovider tests/test_losses.py tests/test_errors.py tests/test_extremes.py \
-    tests/test_properties.py tests/test_dispatch_threads.py -k "cython" "$@"
+    tests/test_properties.py tests/test_dispatch_threads.py tests/test_small_call.py -k "cython" "$@"
