@@ -43,9 +43,8 @@ _INLINE = "always"  # Numba-IR inlining: only for tiny leaves (it multiplies typ
 # kernel; IEEE semantics make both give identical results. error_model="numpy": no Python-style
 # ZeroDivisionError checks in helpers compiled on their own.
 _HELPER = dict(error_model="numpy", nogil=True)
-# Items with exp/log are inlined at the Numba-IR level: LLVM's inliner would leave them as calls,
-# and a call stops the vectoriser.
-_ITEM = dict(error_model="numpy", nogil=True)
+# Items with exp/log are the exception, inlined at the Numba-IR level too (inline=_INLINE with
+# _HELPER): LLVM's inliner would leave them as calls, and a call stops the vectoriser.
 # No fast-math flags anywhere: with IEEE semantics kept, LLVM may not reorder a sum, so every
 # compilation of a helper (serial kernel, parallel kernel, inlined or not) rounds the same way
 # and results are bitwise identical for any thread count. Vectorised reductions are written
@@ -838,7 +837,7 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(inline=_INLINE, **_ITEM)
+@njit(inline=_INLINE, **_HELPER)
 def _sigmoid_bce_x(x, t, w, pw):
     """sigmoid_bce_item in x's precision (vectorisable for float32; t, w, pw of x's type)."""
     one = _like(1.0, x)
@@ -855,7 +854,7 @@ def _sigmoid_bce_x(x, t, w, pw):
     return w * loss, w * (lw * sig - pw * t)
 
 
-@njit(inline=_INLINE, **_ITEM)
+@njit(inline=_INLINE, **_HELPER)
 def sigmoid_bce_item(x, t, w, pw):
     """w * [(1-t) x + (1 + (pw-1) t) log(1 + exp(-x))], PyTorch's BCE-with-logits, stable for
     any x: with e = exp(-|x|) and r = 1 / (1 + e), log(1 + exp(-x)) = log1p(e) (- x for x < 0)
@@ -902,7 +901,7 @@ def mae_item(x, t):
     return abs(d), s
 
 
-@njit(inline=_INLINE, **_ITEM)
+@njit(inline=_INLINE, **_HELPER)
 def _kl_div_x(x, t, log_target):
     """kl_div_item in x's precision (vectorisable for float32 without log_target)."""
     if log_target:
@@ -913,7 +912,7 @@ def _kl_div_x(x, t, log_target):
     return loss, -t
 
 
-@njit(inline=_INLINE, **_ITEM)
+@njit(inline=_INLINE, **_HELPER)
 def kl_div_item(x, t, log_target):
     """PyTorch kl_div: t (log t - x) (0 where t == 0, NaN where t < 0), or exp(t) (t - x) with
     log_target; gradient -t or -exp(t)."""
