@@ -207,6 +207,10 @@ FL_INLINE double fl_exp_nonpos(double x) {
 FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) {
     for (ptrdiff_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T1);
 }
+/* the same into L1 (a short distance ahead of a stream of items) */
+FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) {
+    for (ptrdiff_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T0);
+}
 FL_INLINE void fl_sfence(void) { _mm_sfence(); }
 FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) {
     ptrdiff_t k = 0;
@@ -233,6 +237,7 @@ FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) {
 #else
 #define FL_HAVE_STREAM 0
 FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
+FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
 FL_INLINE void fl_sfence(void) {}
 FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
 FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
@@ -568,14 +573,16 @@ FL_INLINE float fl_logf(float x) {
 /* ---- elementwise losses ---------------------------------------------------------------------
  * Branch-free, vectorisable versions of the item formulas of fastloss/formulas.pxd (same
  * expressions, same NaN/inf results; they are checked against it by the test-suite). All work
- * in double, except the exps and logs of float inputs (FL_EW_TRANSCENDENTAL). A block [start, stop) runs in chunks of FL_EW_CHUNK: a compute loop (inputs -> local
- * loss/grad buffers), a store loop (grad, loss_out) and a sum of the chunk's losses in 8 fixed
- * double lanes: the order depends only on start/stop, so sums are thread-count independent. The
- * compute loop reads a chunk's inputs before the store loop writes its grad (grad may be x).
- * The next chunk's inputs are prefetched meanwhile; with stream (a large grad that is not x)
- * the block's gradient goes out through an fl_streamer. */
+ * in double, except the exps and logs of float inputs (FL_EW_TRANSCENDENTAL). A block [start,
+ * stop) runs in chunks of FL_EW_CHUNK items: one vectorised loop computes each item's loss into
+ * a buffer and its scaled gradient (rounded once) into grad, item by item (grad may be x: same
+ * index only); then the chunk's losses are summed in 32 fixed double lanes: the order depends
+ * only on start/stop, so sums are thread-count independent. The inputs FL_EW_AHEAD items ahead
+ * are prefetched into L1 a chunk at a time; with stream (a large grad that is not x) the block's
+ * gradient goes out through an fl_streamer. */
 enum { FL_EW_SIGMOID_BCE = 0, FL_EW_HUBER, FL_EW_HINGE, FL_EW_MSE, FL_EW_MAE, FL_EW_KL_DIV };
-#define FL_EW_CHUNK 512
+#define FL_EW_CHUNK 64   /* items per chunk (measured: 64 streams 10-15 % faster than 128 or 512) */
+#define FL_EW_AHEAD 1024 /* prefetch distance in items */
 
 FL_INLINE double fl_huber_item(double d, double delta, double* g) {
     double ad = fabs(d);
@@ -631,11 +638,23 @@ FL_INLINE double fl_kl_div_item_##SUF(double x, double t, int log_target, double
 FL_EW_TRANSCENDENTAL(float, f, fl_expf, fl_expf_nonpos, fl_logf, fl_logf_normal)
 FL_EW_TRANSCENDENTAL(double, d, fl_exp, fl_exp_nonpos, fl_log, fl_log)
 
+/* One chunk's items: the loss into lb, the gradient scaled (gscale, times gsa[i] if given) and
+ * rounded to ew_T (the element type) into gj, all in one vectorised loop (no gradient buffer in double). */
 #define FL_EW_LOOP(BODY)                                                                          \
     do {                                                                                          \
-        FL_IVDEP                                                                                  \
-        for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;                 \
-                                  lb[k] = (BODY); gb[k] = gi_; }                                  \
+        if (gj == NULL) {                                                                         \
+            FL_IVDEP                                                                              \
+            for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
+                                      lb[k] = (BODY); (void)gi_; }                                \
+        } else if (gsa == NULL) {                                                                 \
+            FL_IVDEP                                                                              \
+            for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
+                                      lb[k] = (BODY); gj[k] = (ew_T)(gi_ * gscale); }             \
+        } else {                                                                                  \
+            FL_IVDEP                                                                              \
+            for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
+                                      lb[k] = (BODY); gj[k] = (ew_T)(gi_ * (gscale * gsa[i])); }  \
+        }                                                                                         \
     } while (0)
 
 #define FL_EW_FUNCS(T, SUF)                                                                       \
@@ -643,21 +662,24 @@ static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, co
                                 ptrdiff_t n_pw, double a, int flag, ptrdiff_t start,              \
                                 ptrdiff_t stop, T* g, double gscale, const double* gsa, T* lo,    \
                                 int stream) {                                                     \
-    double lb[FL_EW_CHUNK], gb[FL_EW_CHUNK], pwb[FL_EW_CHUNK];                                    \
+    typedef T ew_T;                                                                               \
+    double lb[FL_EW_CHUNK], pwb[FL_EW_CHUNK];                                                     \
     T tb[FL_EW_CHUNK];                                                                            \
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                     \
+    double acc[32]; /* 4 vectors of 8 lanes: 4 independent add chains */                          \
     double tail = 0.0;                                                                            \
     ptrdiff_t j = start, k, l, ip = n_pw > 0 ? start % n_pw : 0;                                  \
-    fl_streamer st;                                                                               \
+    fl_streamer st = {{0}};                                                                       \
+    for (l = 0; l < 32; l++) acc[l] = 0.0;                                                        \
     stream = stream && g != NULL;                                                                 \
     if (stream) fl_streamer_begin_##SUF(&st, g + start);                                          \
     while (j < stop) {                                                                            \
         ptrdiff_t m = stop - j < FL_EW_CHUNK ? stop - j : FL_EW_CHUNK;                            \
-        if (j + m < stop) { /* the next chunk's inputs into L2 while this one computes */         \
-            ptrdiff_t mn = stop - j - m < FL_EW_CHUNK ? stop - j - m : FL_EW_CHUNK;                \
-            fl_prefetch_l2(x + j + m, mn * (ptrdiff_t)sizeof(T));                                  \
-            fl_prefetch_l2(t + j + m, mn * (ptrdiff_t)sizeof(T));                                  \
+        if (j + m + FL_EW_AHEAD <= stop) { /* inputs FL_EW_AHEAD items ahead into L1, a chunk's   \
+                                             * lines at a time: a steady stream of requests */ \
+            fl_prefetch_l1(x + j + FL_EW_AHEAD, m * (ptrdiff_t)sizeof(T));                        \
+            fl_prefetch_l1(t + j + FL_EW_AHEAD, m * (ptrdiff_t)sizeof(T));                        \
         }                                                                                         \
+        T* gj = g == NULL ? NULL : stream ? tb : g + j; /* straight into g, or streamed via tb */  \
         switch (kind) {                                                                           \
         case FL_EW_SIGMOID_BCE:                                                                   \
             if (pw != NULL) {                                                                     \
@@ -690,22 +712,13 @@ static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, co
             else FL_EW_LOOP(fl_kl_div_item_##SUF(x[i], t[i], 0, &gi_));                                 \
             break;                                                                                \
         }                                                                                         \
-        if (g != NULL) { /* straight into g, or through tb into the streamed region */           \
-            T* gj = stream ? tb : g + j;                                                          \
-            if (gsa != NULL) {                                                                    \
-                const double* sj = gsa + j;                                                       \
-                for (k = 0; k < m; k++) gj[k] = (T)(gb[k] * (gscale * sj[k]));                    \
-            } else {                                                                              \
-                for (k = 0; k < m; k++) gj[k] = (T)(gb[k] * gscale);                              \
-            }                                                                                     \
-            if (stream) fl_streamer_put_##SUF(&st, tb, m);                                        \
-        }                                                                                         \
+        if (stream) fl_streamer_put_##SUF(&st, tb, m);                                            \
         if (lo != NULL) {                                                                         \
             T* lj = lo + j;                                                                       \
             for (k = 0; k < m; k++) lj[k] = (T)lb[k];                                             \
         }                                                                                         \
-        for (k = 0; k + 8 <= m; k += 8)                                                           \
-            for (l = 0; l < 8; l++) acc[l] += lb[k + l];                                          \
+        for (k = 0; k + 32 <= m; k += 32)                                                         \
+            for (l = 0; l < 32; l++) acc[l] += lb[k + l];                                         \
         for (; k < m; k++) tail += lb[k];                                                         \
         j += m;                                                                                   \
     }                                                                                             \
@@ -713,6 +726,8 @@ static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, co
         fl_streamer_end_##SUF(&st);                                                               \
         fl_sfence();                                                                              \
     }                                                                                             \
+    for (l = 0; l < 16; l++) acc[l] += acc[l + 16];                                               \
+    for (l = 0; l < 8; l++) acc[l] += acc[l + 8];                                                 \
     return fl_lanes_total_d(acc, tail);                                                           \
 }
 
