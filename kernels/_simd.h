@@ -639,7 +639,7 @@ FL_EW_TRANSCENDENTAL(float, f, fl_expf, fl_expf_nonpos, fl_logf, fl_logf_normal)
 FL_EW_TRANSCENDENTAL(double, d, fl_exp, fl_exp_nonpos, fl_log, fl_log)
 
 /* One chunk's items: the loss into lb, the gradient scaled (gscale, times gsa[i] if given) and
- * rounded to ew_T (the element type) into gj, all in one vectorised loop (no gradient buffer in double). */
+ * rounded to ew_T (the element type) into gj, in one vectorised loop (no double gradient buffer). */
 #define FL_EW_LOOP(BODY)                                                                          \
     do {                                                                                          \
         if (gj == NULL) {                                                                         \
