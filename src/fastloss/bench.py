@@ -118,20 +118,17 @@ def _peers(name, x, t):
             xt, tt = torch.from_numpy(x), torch.from_numpy(t)
             torch.set_num_threads(fastloss.get_num_threads())
 
-            def run_torch():
-                a = xt.detach().requires_grad_()
-                loss = torch_fn(a, tt)
-                loss.backward()
-                return loss.item(), a.grad
-            peers["torch"] = run_torch
-            fl_fn = _fastloss_torch(name)
-            if fl_fn is not None:
-                def run_fastloss_torch():
+            def torch_step(fn):
+                def run():  # forward + backward from a fresh leaf
                     a = xt.detach().requires_grad_()
-                    loss = fl_fn(a, tt)
+                    loss = fn(a, tt)
                     loss.backward()
                     return loss.item(), a.grad
-                peers["fl.torch"] = run_fastloss_torch
+                return run
+            peers["torch"] = torch_step(torch_fn)
+            fl_fn = _fastloss_torch(name)
+            if fl_fn is not None:
+                peers["fl.torch"] = torch_step(fl_fn)
     if _importable("jax"):
         jax_loss = _jax_loss(name)
         if jax_loss is not None:
