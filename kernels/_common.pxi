@@ -25,6 +25,7 @@ cdef extern from "_simd.h" nogil:
     void fl_streamer_end_f(fl_streamer* s)
     void fl_streamer_end_d(fl_streamer* s)
     void fl_sfence()
+    void prefetch_l1 "fl_prefetch_l1"(const void* p, Py_ssize_t bytes)
     void fl_row_scale_d(double* g, Py_ssize_t n, double k)
     void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
     void fl_row_scale_sub_d(double* g, Py_ssize_t n, double k, const double* w, double k2)

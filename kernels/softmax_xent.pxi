@@ -82,17 +82,23 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
 cdef enum:
     SMALL_C = FL_LANES  # rows of at most this many classes go through the lane kernel
     LANES = FL_LANES    # rows side by side there, one per vector lane
+    LANES_AHEAD = 4 * FL_LANES  # rows prefetched ahead of the lane kernel
 
 
 cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, const floating* w,
                                      double w_sum, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C,
                                      int64_t ignore_index, double eps, double z, floating* grad,
-                                     double gscale, const double* gsa, floating* loss_out) noexcept nogil:
+                                     double gscale, const double* gsa, floating* loss_out,
+                                     bint stream) noexcept nogil:
     """_softmax_xent_rows for C <= SMALL_C, LANES rows at a time, transposed so that lane l holds
     row r0 + l: the max, the exps, the sums and logs, the loss and gradient formulas all run as
     vector loops across rows (one short row at a time drowns in per-row overhead at 1M x 10).
-    The same formulas and the same order of operations per row as _softmax_xent_rows."""
+    The same formulas and the same order of operations per row as _softmax_xent_rows. The logits
+    and labels are prefetched a few blocks ahead; with stream, each block's gradient rows are put
+    together in a tile that stays in cache and streamed out (no read for ownership)."""
     cdef floating t[SMALL_C * LANES]   # t[c * LANES + l] = x[r0 + l, c]; then e; then the gradient
+    cdef floating rows[SMALL_C * LANES]  # the block's gradient rows, in order, when streamed
+    cdef fl_streamer st
     cdef floating m[LANES]
     cdef floating shf[LANES]
     cdef floating k[LANES]
@@ -114,10 +120,15 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
     cdef int64_t y
     cdef floating e
     cdef double acc = 0.0, inv_c = 1.0 / C
+    stream = stream and grad != NULL
+    if stream:
+        streamer_begin(&st, grad + start * C)
     r0 = start
     while r0 < stop:
         R = stop - r0 if stop - r0 < LANES else LANES
         xb = x + r0 * C
+        prefetch_l1(xb + LANES_AHEAD * C, LANES * C * sizeof(floating))
+        prefetch_l1(labels + r0 + LANES_AHEAD, LANES * sizeof(int64_t))
         lanes_load(xb, C, R, t, m)   # lanes past the block's end repeat its last row, never stored
         for l in range(LANES):
             y = labels[r0 + l] if l < R else ignore_index
@@ -173,8 +184,15 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
                 if not ok[l]:
                     for c in range(C):
                         t[c * LANES + l] = <floating>fill[l]
-            lanes_store(t, C, R, grad + r0 * C)
+            if stream:
+                lanes_store(t, C, R, rows)
+                streamer_put(&st, rows, R * C)
+            else:
+                lanes_store(t, C, R, grad + r0 * C)
         r0 += R
+    if stream:
+        streamer_end(&st, grad)
+        fl_sfence()
     return acc
 
 
@@ -194,7 +212,7 @@ cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floa
         if C <= SMALL_C:
             sums[b] = _softmax_xent_rows_small(xp, lab, wp, w_sum,
                                                block_start(b, nb, N), block_start(b + 1, nb, N), C,
-                                               ignore_index, eps, z, gp, gscale, gsa, lp)
+                                               ignore_index, eps, z, gp, gscale, gsa, lp, stream)
         else:
             sums[b] = _softmax_xent_rows(xp, lab, wp, w_sum,
                                          block_start(b, nb, N), block_start(b + 1, nb, N), C,

@@ -97,11 +97,12 @@ def test_many_rows_of_few_classes(backend, shape):
                 assert rel_err(mean_grad, reference.grad(name, x, t, **opts)) <= tol, where
 
 
-@pytest.mark.parametrize("shape", ((2101, 1001), (257, 8193)))
+@pytest.mark.parametrize("shape", ((2101, 1001), (257, 8193), (200003, 11)))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_large_gradients(backend, shape):
     """softmax_xent on gradients of over 8 MB: the kernels stream them out (non-temporal stores
-    of whole lines, rows not line-aligned); in place (out=x) they do not."""
+    of whole lines, rows not line-aligned; few classes: blocks of rows side by side); in place
+    (out=x) they do not."""
     backend_or_skip(backend)
     seed, rng = seeded_rng()
     for case in OPTION_CASES["softmax_xent"]:
