@@ -44,6 +44,7 @@ cdef extern from "_simd.h" nogil:
     void fl_lanes_store_f(const float* t, Py_ssize_t C, Py_ssize_t R, float* gb)
     void fl_lanes_store_d(const double* t, Py_ssize_t C, Py_ssize_t R, double* gb)
     enum: FL_LANES
+    enum: FL_LANES_C
     int FL_HAVE_OPENMP
     const char* FL_ISA_NAME
     int fl_cpu_has_avx2_fma()
@@ -119,7 +120,7 @@ cdef inline void streamer_end(fl_streamer* st, const floating* region) noexcept 
 
 cdef inline void lanes_load(const floating* xb, Py_ssize_t C, Py_ssize_t R, floating* t,
                             floating* m) noexcept nogil:
-    """Rows xb[0:R] (C <= FL_LANES classes) side by side: t[c * FL_LANES + l] = xb[l, c] (lanes
+    """Rows xb[0:R] (C <= FL_LANES_C classes) side by side: t[c * FL_LANES + l] = xb[l, c] (lanes
     l >= R repeat row R - 1), m[l] = max_c xb[l, c] (NaN skipped; -inf for none)."""
     if floating is float:
         fl_lanes_load_f(xb, C, R, t, m)

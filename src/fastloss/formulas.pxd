@@ -116,8 +116,9 @@ cdef inline double softmax_xent_grad_y(double e_y, double s, double lse, double 
     """grad_y / scale = p_y A - (1-eps) w_y - eps w_y / C (A as softmax_xent_coef, p_y = e_y / s),
     arranged so that nothing cancels: (1-eps) w_y (p_y - 1) + eps/C (W p_y - w_y) + 2 z w_y lse p_y,
     with p_y - 1 = (e_y - s) / s (exactly 0 for a row whose other classes have no mass)."""
-    cdef double p_y = e_y / s
-    cdef double g = (1.0 - eps) * w_y * ((e_y - s) / s)
+    cdef double inv_s = 1.0 / s
+    cdef double p_y = e_y * inv_s
+    cdef double g = (1.0 - eps) * w_y * ((e_y - s) * inv_s)
     if eps != 0:
         g += eps * inv_c * (w_sum * p_y - w_y)
     if z != 0:
