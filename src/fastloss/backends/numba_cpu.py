@@ -193,15 +193,17 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
 
 
 _SMALL_C = 16  # rows of at most this many classes go through the lane kernel
-_LANES = 16  # rows side by side there, one per vector lane
+_LANES = 32  # rows side by side there, one per vector lane
 
 
 @njit(**_OPTS)
 def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, lo, hi):
     """_softmax_xent_block for C <= _SMALL_C: _LANES rows at a time, transposed (t[c, l] holds
     x[r0 + l, c]) so that the max, the exps, sums and logs and the loss and gradient formulas
-    run across rows in vector lanes; one short row at a time drowns in per-row overhead. (nt:
-    unused, such rows are never streamed.)"""
+    run across rows in vector lanes; one short row at a time drowns in per-row overhead. The
+    lane loops run to nl = t.shape[1], a run-time trip count, and each writes one array: LLVM
+    vectorises them (a constant 32, or two arrays written, gets them unrolled and left scalar).
+    (nt: unused, such rows are never streamed.)"""
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
     has_w = w.shape[0] > 0
@@ -209,77 +211,108 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
     has_lo = loss_out.shape[0] > 0
     inv_c = 1.0 / n_classes
     t = np.empty((n_classes, _LANES), x.dtype)  # the rows, then their exps, then the gradient
-    shift = np.empty(_LANES, x.dtype)
-    a_f = np.empty(_LANES, x.dtype)
-    c_f = np.empty(_LANES, x.dtype)
-    yc = np.zeros(_LANES, np.int64)  # the label, or 0 where the row has none
-    ok = np.zeros(_LANES, np.bool_)
-    per_lane = np.zeros((10, _LANES))
-    fill, gs, xy, wy, sx, s, lse, loss, gy, ey = per_lane  # float64 per row
-    acc = 0.0
-    for r0 in range(lo, hi, _LANES):
-        n_rows = min(_LANES, hi - r0)
-        for l in range(_LANES):  # lanes past the block's end repeat its last row, never stored
-            r = r0 + min(l, n_rows - 1)
+    nl = t.shape[1]
+    shift = np.empty(nl, x.dtype)
+    a_f = np.empty(nl, x.dtype)
+    c_f = np.empty(nl, x.dtype)
+    yl = np.empty(nl, np.int64)  # the labels (ignore_index past the block's end)
+    yc = np.zeros(nl, np.int64)  # the label, or 0 where the row has none
+    ok = np.zeros(nl, np.bool_)
+    # float64 per row (separate arrays: rows of one 2-D array are views of unknown stride)
+    fill, gs, xy, wy, sx, s = np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl)
+    lse, loss, gy, ey, acc, a = np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl), np.zeros(nl)
+    for l in range(nl):
+        gs[l] = gscale
+    for r0 in range(lo, hi, nl):
+        n_rows = min(nl, hi - r0)
+        if n_rows == nl:  # the common case: a plain strided loop (min() in it costs 20 %)
             for c in range(n_classes):
-                t[c, l] = x[r, c]
-        for l in range(_LANES):
-            y = labels[r0 + l] if l < n_rows else ignore_index
+                for l in range(nl):
+                    t[c, l] = x[r0 + l, c]
+        else:
+            for c in range(n_classes):  # lanes past the block's end repeat its last row, never stored
+                for l in range(nl):
+                    t[c, l] = x[r0 + min(l, n_rows - 1), c]
+        for l in range(nl):
+            yl[l] = labels[r0 + l] if l < n_rows else ignore_index
+        n_bad = 0
+        for l in range(nl):
+            y = yl[l]
             ok[l] = y != ignore_index and 0 <= y < n_classes  # never trusted for memory safety
             yc[l] = y if ok[l] else 0
-            fill[l] = 0.0 if ok[l] or y == ignore_index else np.nan
-            gs[l] = gscale * gs_arr[r0 + l] if has_gs and l < n_rows else gscale
+            n_bad += not ok[l]
+        if has_gs:
+            for l in range(nl):
+                gs[l] = gscale * gs_arr[r0 + l] if l < n_rows else gscale
+        for l in range(nl):
             xy[l] = t[yc[l], l]
+        for l in range(nl):
             wy[l] = w[yc[l]] if has_w else 1.0
+        for l in range(nl):
             shift[l] = -np.inf
-            s[l] = 0.0
-            sx[l] = 0.0
         for c in range(n_classes):
-            for l in range(_LANES):
+            for l in range(nl):
                 v = t[c, l]
                 shift[l] = v if v > shift[l] else shift[l]  # the max, NaN skipped
-        for l in range(_LANES):
+        for l in range(nl):
             shift[l] = shift[l] if shift[l] > -np.inf else 0.0  # all -inf: lse = -inf
         if eps != 0.0:
+            for l in range(nl):
+                sx[l] = 0.0
             for c in range(n_classes):
                 wc = np.float64(w[c]) if has_w else 1.0
-                for l in range(_LANES):
+                for l in range(nl):
                     sx[l] += wc * t[c, l] if wc != 0.0 else 0.0
+        for l in range(nl):
+            s[l] = 0.0
         for c in range(n_classes):  # x - max <= 0 or NaN
-            for l in range(_LANES):
-                e = fm._exp_nonpos(t[c, l] - shift[l])
-                t[c, l] = e
-                s[l] += e
-        for l in range(_LANES):
+            for l in range(nl):
+                t[c, l] = fm._exp_nonpos(t[c, l] - shift[l])
+            for l in range(nl):
+                s[l] += t[c, l]
+        for l in range(nl):
             lse[l] = shift[l] + np.float64(fm.flog(fm._like(s[l], x)))  # in x's precision: vectorises
+        for l in range(nl):
             ey[l] = t[yc[l], l]
-        for l in range(_LANES):
+        for l in range(nl):
             loss[l] = fm._xent_loss(lse[l], xy[l], wy[l], sx[l], w_sum, inv_c, eps, z)
-            a = gs[l] * fm._xent_coef(lse[l], wy[l], w_sum, inv_c, eps, z) / s[l]
-            c = gs[l] * eps * inv_c
-            gy[l] = fm._xent_grad_y(ey[l], a, c, wy[l], gs[l], eps)
-            a_f[l] = a
-            c_f[l] = c
-        for l in range(n_rows):
-            v = loss[l] if ok[l] else fill[l]
-            if has_lo:
-                loss_out[r0 + l] = v
-            acc += v
+        for l in range(nl):
+            a[l] = gs[l] * fm._xent_coef(lse[l], wy[l], w_sum, inv_c, eps, z) / s[l]
+        for l in range(nl):
+            a_f[l] = a[l]
+        for l in range(nl):
+            gy[l] = fm._xent_grad_y(ey[l], a[l], gs[l] * eps * inv_c, wy[l], gs[l], eps)
+        for l in range(nl):
+            c_f[l] = gs[l] * eps * inv_c
+        if n_bad:
+            for l in range(nl):
+                fill[l] = 0.0 if yl[l] == ignore_index else np.nan
+            for l in range(nl):
+                loss[l] = loss[l] if ok[l] else fill[l]
+        for l in range(nl):
+            acc[l] += loss[l]  # 0 past the block's end
+        if has_lo:
+            for l in range(n_rows):
+                loss_out[r0 + l] = loss[l]
         if write_g:
             for c in range(n_classes):
                 wc = w[c] if has_w and eps != 0.0 else x.dtype.type(1.0)
-                for l in range(_LANES):
+                for l in range(nl):
                     t[c, l] = t[c, l] * a_f[l] - c_f[l] * wc
-            for l in range(_LANES):
-                if ok[l]:
-                    t[yc[l], l] = gy[l]
-                else:
-                    for c in range(n_classes):
-                        t[c, l] = fill[l]
-            for l in range(n_rows):
-                for c in range(n_classes):
+            for l in range(nl):
+                t[yc[l], l] = gy[l]
+            if n_bad:
+                for l in range(nl):
+                    if not ok[l]:
+                        for c in range(n_classes):
+                            t[c, l] = fill[l]
+            for c in range(n_classes):
+                for l in range(n_rows):
                     g[r0 + l, c] = t[c, l]
-    return acc
+    total = 0.0
+    for l in range(nl):
+        total += acc[l]
+    return total
 
 
 def _make_softmax_xent(block):
