@@ -20,6 +20,7 @@ FASTLOSS_DEBUG=1 (-O0 -g, Cython bounds checks on).
 
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -84,7 +85,8 @@ def _try_compile(compiler, source, compile_args, link_args, run=False):
         with open("check.c", "w") as f:
             f.write(source)
         objects = compiler.compile(["check.c"], extra_postargs=compile_args)
-        compiler.link_executable(objects, "check", extra_postargs=link_args)
+        # LDFLAGS as the extensions get them (a CFLAGS sanitizer needs its runtime at link time)
+        compiler.link_executable(objects, "check", extra_postargs=link_args + shlex.split(os.environ.get("LDFLAGS", "")))
         if run:
             import subprocess
 
