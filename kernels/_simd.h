@@ -671,7 +671,7 @@ FL_INLINE double fl_kl_div_item_##SUF(double x, double t, int log_target, double
     }                                                                                            \
     *g = -t;                                                                                     \
     double l = t * ((double)LOG((T)t) - x);                                                      \
-    return t == 0 ? 0.0 : l;                                                                     \
+    return t == 0 ? (x == x ? 0.0 : x) : l;  /* no mass, no loss: 0, or NaN for a NaN x */      \
 }
 
 FL_EW_TRANSCENDENTAL(float, f, fl_expf, fl_expf_nonpos, fl_logf, fl_logf_normal)

@@ -65,7 +65,9 @@ def softmax_xent_small(x, labels, out, reduction, entry, grad_output, dict defau
             dims[1] = C
             grad = cnp.PyArray_EMPTY(2, dims, typenum, 0)
         elif (_plain(out, typenum, 2, True) and cnp.PyArray_DIMS(<cnp.ndarray>out)[0] == N
-              and cnp.PyArray_DIMS(<cnp.ndarray>out)[1] == C and not _overlap(out, labels)):
+              and cnp.PyArray_DIMS(<cnp.ndarray>out)[1] == C and not _overlap(out, labels)
+              and (cnp.PyArray_DATA(<cnp.ndarray>out) == cnp.PyArray_DATA(<cnp.ndarray>x)
+                   or not _overlap(out, x))):  # x itself, or apart from it (else the road raises)
             grad = out
         else:
             return NotImplemented

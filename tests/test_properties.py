@@ -1,6 +1,8 @@
 """Property-based tests: every loss x CPU backend against fastloss.reference on random shapes
 (empty batches, one class, leading batch dims), dtypes, memory layouts (C, Fortran, strided,
-read-only), labels (with ignore_index) and option values. Hypothesis prints the falsifying
+read-only), labels (with ignore_index), option values, ``out`` placed fresh, as the input itself
+or as views overlapping it (shifted, reversed, transposed: these must raise), and NaN inputs
+where a zero target or weight multiplies them. Hypothesis prints the falsifying
 example, and ``seed`` in it regenerates the arrays."""
 
 import numpy as np
@@ -27,6 +29,9 @@ OPTION_VALUES = {
     "log_target": st.booleans(),
 }
 LAYOUTS = ("C", "F", "strided", "readonly")
+# where ``out`` (the gradient) lives: nowhere, a fresh array, the input itself, or views that
+# overlap the input otherwise (each must raise a ValueError naming out, writing nothing)
+OUT_PLACES = (None, "fresh", "exact", "shifted", "reversed", "transposed")
 
 
 def relayout(a, layout):
@@ -66,25 +71,82 @@ def problems(draw, name):
         mask = np.random.default_rng(seed + 1).random(t.shape) < 0.3
         t[mask] = opts["ignore_index"]
         t[(t < 0) & (t != opts["ignore_index"])] = 0
+    if draw(st.booleans()):
+        x = nan_at_zero_mass(name, x, t, opts, np.random.default_rng(seed + 2))
     layout = draw(st.sampled_from(LAYOUTS))
     reduction = draw(st.sampled_from(spec.reductions))
     return dict(x=relayout(x, layout), t=relayout(t, draw(st.sampled_from(LAYOUTS))), opts=opts,
-                reduction=reduction, seed=seed, layout=layout)
+                reduction=reduction, seed=seed, layout=layout, out=draw(st.sampled_from(OUT_PLACES)))
+
+
+def nan_at_zero_mass(name, x, t, opts, rng):
+    """``x`` with NaN placed where a zero multiplies it: a zero target (kl_div, probability
+    targets) or a zero weight (sigmoid_bce, class weights), made zero here where needed.
+    NaN in, NaN out: the reference then expects NaN there, not 0 * NaN = 0."""
+    x = x.copy()
+    if x.size == 0:
+        return x
+    pick = rng.random(x.shape) < 0.2
+    if name == "kl_div" and not opts.get("log_target"):
+        t[pick] = 0
+    elif name == "softmax_xent" and t.dtype.kind == "f":
+        t[pick] = 0
+    elif opts.get("weight") is not None:
+        w = opts["weight"]
+        if w.shape == x.shape:
+            w[pick] = 0
+        else:  # class weights: zero a class, NaN in its column
+            c = rng.integers(0, x.shape[-1])
+            w[c] = 0
+            pick = np.zeros(x.shape, bool)
+            pick[..., c] = rng.random(x.shape[:-1]) < 0.5
+    x[pick] = np.nan
+    return x
+
+
+def placed_out(place, x):
+    """(x, out, must_raise) for an out place; x is copied into a writeable C array where out
+    must alias it. Views too small to be reversed or transposed are shifted instead; views of
+at most one element overlap nothing else (must_raise False)."""
+    if place is None:
+        return x, None, False
+    if place == "fresh":
+        return x, np.full(x.shape, 7.0, x.dtype), False
+    xc = np.array(x, order="C")
+    if place == "exact":
+        return xc, xc, False
+    if place == "reversed" and xc.ndim and xc.shape[0] > 1:
+        return xc, xc[::-1], xc.size > 1
+    if place == "transposed" and xc.ndim > 1 and min(xc.shape) > 1:
+        return xc, xc.reshape(xc.shape[::-1]).T, True  # x's memory in transposed order
+    buf = np.concatenate([xc.ravel(), np.zeros(1, x.dtype)])  # shifted by one element
+    return buf[:-1].reshape(x.shape), buf[1:].reshape(x.shape), x.size > 1  # 1 item: apart
 
 
 def _check(backend, name, p):
     x, t, opts, reduction = p["x"], p["t"], p["opts"], p["reduction"]
     tol = TOL[x.dtype.type] * 10
-    loss, grad = call(name, "loss_and_grad", x, t, backend=backend, reduction=reduction, **opts)
+    x, out, must_raise = placed_out(p["out"], x)
     expected_loss = reference.loss(name, x, t, reduction, **opts)
     expected_grad = reference.grad(name, x, t, reduction, **opts)
+    if must_raise:
+        before = x.copy()
+        with pytest.raises(ValueError, match="out"):  # an overlap other than out is x
+            call(name, "loss_and_grad", x, t, backend=backend, reduction=reduction, out=out, **opts)
+        np.testing.assert_array_equal(x, before)
+        out = None
+    loss, grad = call(name, "loss_and_grad", x, t, backend=backend, reduction=reduction, out=out, **opts)
+    assert out is None or grad is out
     assert np.shape(loss) == np.shape(expected_loss) and grad.shape == x.shape
-    if np.all(np.isnan(expected_loss)):
-        assert np.all(np.isnan(loss))
-    else:
+    nan = np.isnan(expected_loss)
+    np.testing.assert_array_equal(np.isnan(loss), nan)  # NaN in, NaN out, and only there
+    if np.any(nan):
+        loss, expected_loss = np.where(nan, 0.0, loss), np.where(nan, 0.0, expected_loss)
+    if not np.all(nan):
         # error relative to the sum of |item losses|, the scale rounding works at (a total that
         # cancels to ~0 has no relative accuracy), and never below the dtype's smallest normal
         items = np.abs(reference.loss(name, x, t, "none", **opts))
+        items = items[~np.isnan(items)]
         scale = max(np.linalg.norm(np.ravel(expected_loss)), np.nansum(items) / max(1, items.size)
                     if reduction == "mean" else np.nansum(items))
         err = np.linalg.norm(np.ravel(np.asarray(loss, np.float64) - expected_loss))

@@ -144,7 +144,7 @@ def prepare(spec, entry, x, target, reduction, grad_output, out, options, checks
     if out is not None:
         readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
         if entry != "loss":
-            out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly)
+            out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly, alias=(spec.input_name, x))
         elif reduction == "none":
             out = v.check_out(spec, out, item_shape, dtype, "unreduced loss", readonly + [(spec.input_name, x)])
         else:

@@ -68,7 +68,10 @@ def target_kind(spec, x_shape, target, target_name):
 def _real(spec, name, value, low=-math.inf, high=math.inf, low_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{spec.name}: {name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{spec.name}: {name} must be within the float64 range, got {value!r}") from None
     if not (low < value if low_open else low <= value) or not value <= high:
         bound = f"{'>' if low_open else '>='} {low}" if high == math.inf else f"in [{low}, {high}]"
         raise ValueError(f"{spec.name}: {name} must be {bound}, got {value!r}")
@@ -81,24 +84,34 @@ def _flag(spec, name, value):
     return bool(value)
 
 
-def _int(spec, name, value):
+_INT64 = np.iinfo(np.int64)
+
+
+def _int64(spec, name, value):
+    """An int the kernels take as int64: labels are int64, so a value beyond it is refused
+    rather than silently never matched."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{spec.name}: {name} must be an int, got {value!r}")
-    return int(value)
+    value = int(value)
+    if not _INT64.min <= value <= _INT64.max:
+        raise ValueError(f"{spec.name}: {name} must be in the int64 range "
+                         f"[{_INT64.min}, {_INT64.max}], got {value}")
+    return value
 
 
 def _float_array(spec, name, value, dtype):
+    """``value`` as a ``dtype`` array of its own shape (0-d stays 0-d: no ascontiguousarray)."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.asarray(arr, dtype=dtype)
 
 
 def _class_weight(spec, name, value, x_shape, dtype):
     w = _float_array(spec, name, value, dtype)
     if w.shape != (x_shape[-1],):
         raise ValueError(f"{spec.name}: {name} must have shape ({x_shape[-1]},) (one per class), got {w.shape}")
-    return w
+    return np.ascontiguousarray(w)
 
 
 def _broadcast_weight(spec, name, value, x_shape, dtype, trailing):
@@ -135,7 +148,7 @@ def check_options(spec, options, x_shape, dtype):
             else:
                 out[name] = _class_weight(spec, name, value, x_shape, dtype)
         elif name == "ignore_index":
-            out[name] = _int(spec, name, value)
+            out[name] = _int64(spec, name, value)
         elif name == "label_smoothing":
             out[name] = _real(spec, name, value, 0.0, 1.0)
         elif name == "z_loss":
@@ -199,9 +212,12 @@ def check_grad_output(spec, grad_output, reduction, item_shape):
     return 1.0, np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
 
 
-def check_out(spec, out, shape, dtype, what, readonly_inputs=()):
-    """``out`` must be a writeable C-contiguous ndarray of ``shape``/``dtype`` that shares no
-    memory with a read-only input (targets, weights); it may be the logits array itself."""
+def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
+    """``out`` must be a writeable C-contiguous ndarray of ``shape``/``dtype`` whose memory
+    overlaps none of ``inputs`` (name, array) in any way. ``alias``, the input whose gradient
+    ``out`` receives, may be ``out`` exactly (same memory, shape and dtype: the gradient then
+    overwrites it); any other overlap with it raises too. Kernels read a row or element before
+    they write its gradient, which is safe only for that exact alias."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{spec.name}: out must be a NumPy array (it receives the {what}), got {type(out).__name__}")
     if out.dtype != dtype:
@@ -212,10 +228,21 @@ def check_out(spec, out, shape, dtype, what, readonly_inputs=()):
         raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
     if not out.flags.writeable:
         raise ValueError(f"{spec.name}: out is read-only")
-    for name, arr in readonly_inputs:
+    if alias is not None and not same_memory(out, alias[1]):
+        inputs = (alias,) + tuple(inputs)
+    for name, arr in inputs:
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
-            raise ValueError(f"{spec.name}: out shares memory with {name}; it may alias only the input itself")
+            raise ValueError(f"{spec.name}: out shares memory with {name}; out may be {spec.input_name} "
+                             f"itself (the gradient overwrites it) and must not overlap any input otherwise")
     return out
+
+
+def same_memory(a, b):
+    """Whether ndarrays ``a`` and ``b`` are the same elements: one buffer start, shape, strides
+    and dtype (``b is a``, or another view of exactly the same memory)."""
+    return a is b or (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+                      and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def size_of(shape):

@@ -75,7 +75,8 @@ cdef inline double mae_item(double d, double* g) noexcept nogil:
 
 
 cdef inline double kl_div_item(double x, double t, bint log_target, double* g) noexcept nogil:
-    """t (log t - x) (0 where t == 0), or exp(t) (t - x) with log_target;  g = -t or -exp(t)."""
+    """t (log t - x) (0 where t == 0, NaN there for a NaN x), or exp(t) (t - x) with log_target;
+    g = -t or -exp(t)."""
     cdef double et
     if log_target:
         et = exp(t)
@@ -83,7 +84,7 @@ cdef inline double kl_div_item(double x, double t, bint log_target, double* g) n
         return et * (t - x)
     g[0] = -t
     if t == 0:
-        return 0.0
+        return 0.0 if x == x else x
     return t * (log(t) - x)
 
 

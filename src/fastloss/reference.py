@@ -32,9 +32,10 @@ def _onehot(y, n_classes):
 
 
 def _times(a, b):
-    """a * b with 0 * inf = 0 (a term whose target mass is zero contributes nothing)."""
+    """a * b with 0 * inf = 0 (a term whose target mass is zero contributes nothing), but
+    0 * NaN = NaN (NaN in, NaN out)."""
     with np.errstate(invalid="ignore"):
-        return np.where(a == 0, 0.0, a * b)
+        return np.where((a == 0) & ~np.isnan(b), 0.0, a * b)
 
 
 def _softmax_xent(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0):
@@ -127,7 +128,8 @@ def _kl_div(x, t, log_target=False):
     if log_target:
         return np.exp(t) * (t - x), -np.exp(t), float(x.size)
     with np.errstate(divide="ignore", invalid="ignore"):
-        loss = np.where(t == 0, 0.0, t * (np.log(t) - x))
+        # no target mass, no loss (even where x = -inf), but a NaN x stays NaN
+        loss = np.where(t == 0, np.where(np.isnan(x), np.nan, 0.0), t * (np.log(t) - x))
     return loss, -t * np.ones_like(x), float(x.size)
 
 
@@ -176,4 +178,5 @@ def grad(name, x, target, reduction="mean", grad_output=1.0, **options):
             scale = scale / denom
         if item_loss.ndim < item_grad.ndim and scale.ndim:  # row losses: one scale per row
             scale = scale[..., None]
-        return _times(item_grad, scale)  # a zero gradient stays zero, even over a zero denominator
+        # a zero gradient stays zero, even over a zero denominator
+        return np.where(item_grad == 0, 0.0, item_grad * scale)

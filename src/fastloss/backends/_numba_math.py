@@ -815,7 +815,8 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
                 best = v
                 jb = j
             nan = nan or v != v
-    zz = margin + best - xy if not nan else np.nan
+    # one class: no j != y, no term (as PyTorch's and the other backends), NaN score or not
+    zz = -np.inf if n == 1 else (margin + best - xy if not nan else np.nan)
     h = zz if not zz <= 0.0 else 0.0
     if squared:
         loss = wy * h * h
@@ -908,13 +909,14 @@ def _kl_div_x(x, t, log_target):
         et = math.exp(np.float64(t))
         return _like(et * (np.float64(t) - np.float64(x)), x), _like(-et, x)
     loss = t * (flog(t) - x)
-    loss = loss if t > 0 else (_like(0.0, x) if t == 0 else _like(np.nan, x))
+    # no target mass, no loss (not 0 * inf = NaN), but a NaN x stays NaN
+    loss = loss if t > 0 else (_like(0.0, x) if t == 0 and x == x else _like(np.nan, x))
     return loss, -t
 
 
 @njit(inline=_INLINE, **_HELPER)
 def kl_div_item(x, t, log_target):
-    """PyTorch kl_div: t (log t - x) (0 where t == 0, NaN where t < 0), or exp(t) (t - x) with
+    """PyTorch kl_div: t (log t - x) (0 where t == 0 unless x is NaN, NaN where t < 0), or exp(t) (t - x) with
     log_target; gradient -t or -exp(t)."""
     loss, d = _kl_div_x(x, _like(t, x), log_target)
     return np.float64(loss), np.float64(d)

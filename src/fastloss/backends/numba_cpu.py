@@ -390,7 +390,9 @@ def _softmax_xent_small(x, labels, out, reduction, entry, grad_output, defaults,
         if out is None:
             grad = np.empty(x.shape, x.dtype)
         elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
-              and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, labels)):
+              and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, labels)
+              and (out is x or not np.may_share_memory(out, x) or out.ctypes.data == x.ctypes.data)):
+            # x itself (same shape, dtype, contiguity), or apart from it; else the road raises
             grad = out
         else:
             return NotImplemented

@@ -650,7 +650,7 @@ def _kl_div_item(x, t, log_target, unused):
         et = _exp(t)
         return et * (t - x), -et
     if t == 0.0:
-        return 0.0 * x * 0.0, -t  # 0 (a NaN x still gives 0, as PyTorch: the term is absent)
+        return (0.0 if x == x else x), -t  # no mass, no loss (not 0 * inf); a NaN x stays NaN
     if t > 0.0:
         return t * (_log(t) - x), -t
     return _NAN, -t
@@ -965,11 +965,12 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
         if not out_v.is_c_contiguous():
             raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out_v.strides}")
         others = [(spec.target_name, None if t_host else t_v)] + [(k, opts.get(k)) for k in dev_opts]
-        if not want_grad:
+        if not want_grad or _span(out_v)[0] != _span(x_v)[0]:  # the gradient may overwrite x exactly
             others.append((spec.input_name, x_v))
         for name, arr in others:
             if arr is not None and arr.size and out_v.size and _overlaps(out_v, arr):
-                raise ValueError(f"{spec.name}: out shares memory with {name}; it may alias only the input itself")
+                raise ValueError(f"{spec.name}: out shares memory with {name}; out may be {spec.input_name} "
+                                 f"itself (the gradient overwrites it) and must not overlap any input otherwise")
 
     # everything checked: upload host pieces, allocate, launch
     x_d = x_v.reshape((n_items, x_shape[-1]) if rows else (n_items,))

@@ -241,11 +241,11 @@ def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
         bad = ~np.isfinite(tx)
         if bad.any():  # masks (-inf) under zero target mass contribute 0, not 0 * inf = NaN
             tb, eb = t[bad], e[bad]
-            tx[bad] = np.where(tb == 0, 0, tb * eb).sum(axis=1)
+            tx[bad] = np.where((tb == 0) & (eb == eb), 0, tb * eb).sum(axis=1)
         np.exp(e, out=e)
         lse, ls, pf = _log_norm(m, e.sum(axis=1))
 
-        loss = np.where(row_w == 0, 0, row_w * ls) - tx  # sum_j t_j * (lse - x_j)
+        loss = np.where((row_w == 0) & (ls == ls), 0, row_w * ls) - tx  # sum_j t_j * (lse - x_j)
         if z_loss:
             loss += zl * (row_w * (lse * lse))
         total = _finish(loss, loss_out)
@@ -501,9 +501,9 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads=
             np.log(t, out=loss)
             loss -= x
             loss *= t
-            empty = t == 0
+            empty = (t == 0) & (x == x)
             if empty.any():
-                loss[empty] = 0  # no target mass, no loss (not 0 * inf = NaN)
+                loss[empty] = 0  # no target mass, no loss (not 0 * inf = NaN); a NaN x stays NaN
         total = float(np.sum(loss, dtype=np.float64))
         if grad is None:
             return total
