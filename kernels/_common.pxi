@@ -157,6 +157,15 @@ cdef inline double row_wdot(const floating* w, const floating* x, Py_ssize_t n) 
         return fl_row_dot_d(w, x, n)
 
 
+cdef inline double row_total(const floating* w, Py_ssize_t n) noexcept nogil:
+    """sum of w[0:n] in double, in order (the class weights' W)."""
+    cdef double total = 0.0
+    cdef Py_ssize_t j
+    for j in range(n):
+        total += w[j]
+    return total
+
+
 cdef inline void row_fill(floating* g, Py_ssize_t n, double v) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating fv = <floating>v

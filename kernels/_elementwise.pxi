@@ -13,6 +13,10 @@ cdef enum EwKind:
     EW_KL_DIV
 
 
+cdef enum:
+    EW_BLOCK_MIN = 1024
+
+
 cdef struct EwParams:
     double a          # huber: delta; hinge: margin
     bint flag         # hinge: squared; kl_div: log_target
@@ -36,9 +40,8 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
                          const floating[::1] weight, const floating[::1] pos_weight, EwParams prm,
                          floating[::1] grad, double gscale, const double[::1] gscale_arr,
                          floating[::1] loss_out, int n_threads) except? -1:
-    cdef Py_ssize_t n = x.shape[0], nb, b
-    cdef double sums[MAX_BLOCKS]
-    cdef bint stream
+    cdef Py_ssize_t n = x.shape[0]
+    cdef double total
     cdef const floating* xp
     cdef const floating* tp
     cdef const floating* wp = NULL
@@ -72,13 +75,24 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
         lp = &loss_out[0]
     if gscale_arr is not None:
         gsa = &gscale_arr[0]
-    # streaming stores for a gradient that is not the input and too big to stay in cache
-    stream = gp != NULL and <const floating*>gp != xp and n * sizeof(floating) >= STREAM_MIN_BYTES
-    nb = n_blocks_for(n)
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=n_threads):
-            sums[b] = _ew_block(kind, xp, tp, wp, pwp, prm, block_start(b, nb, n),
-                                block_start(b + 1, nb, n), gp, gscale, gsa, lp, stream)
+        total = _elementwise_all(kind, xp, tp, wp, pwp, prm, n, gp, gscale, gsa, lp, n_threads)
+    return total
+
+
+cdef double _elementwise_all(EwKind kind, const floating* xp, const floating* tp, const floating* wp,
+                             const floating* pwp, EwParams prm, Py_ssize_t n, floating* gp,
+                             double gscale, const double* gsa, floating* lp, int n_threads) noexcept nogil:
+    """Every element (n >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
+    cdef double sums[MAX_BLOCKS]
+    # blocks of at least EW_BLOCK_MIN elements: a block's fixed cost (loop set-up, prefetch, the
+    # lane sums) outweighs a few elements' work (320 elements in 256 blocks: 3 us, in 1: 0.3 us)
+    cdef Py_ssize_t nb = n_blocks_for((n + EW_BLOCK_MIN - 1) // EW_BLOCK_MIN), b
+    # streaming stores for a gradient that is not the input and too big to stay in cache
+    cdef bint stream = gp != NULL and <const floating*>gp != xp and n * sizeof(floating) >= STREAM_MIN_BYTES
+    for b in prange(nb, schedule='static', num_threads=n_threads):
+        sums[b] = _ew_block(kind, xp, tp, wp, pwp, prm, block_start(b, nb, n),
+                            block_start(b + 1, nb, n), gp, gscale, gsa, lp, stream)
     return sum_blocks(sums, nb)
 
 

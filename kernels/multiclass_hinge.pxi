@@ -81,8 +81,8 @@ cdef double _multiclass_hinge(const floating[:, ::1] x, const int64_t[::1] label
                               bint crammer_singer, floating[:, ::1] grad, double gscale,
                               const double[::1] gscale_arr, floating[::1] loss_out,
                               int n_threads) except? -1:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nb, b
-    cdef double sums[MAX_BLOCKS]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef double total
     cdef const floating* xp
     cdef const int64_t* lab
     cdef const floating* wp = NULL
@@ -105,11 +105,22 @@ cdef double _multiclass_hinge(const floating[:, ::1] x, const int64_t[::1] label
         lp = &loss_out[0]
     if gscale_arr is not None:
         gsa = &gscale_arr[0]
-    nb = n_blocks_for(N)
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=n_threads):
-            sums[b] = _multiclass_hinge_rows(xp, lab, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
-                                             C, margin, squared, crammer_singer, gp, gscale, gsa, lp)
+        total = _multiclass_hinge_all(xp, lab, wp, N, C, margin, squared, crammer_singer, gp, gscale,
+                                      gsa, lp, n_threads)
+    return total
+
+
+cdef double _multiclass_hinge_all(const floating* xp, const int64_t* lab, const floating* wp,
+                                  Py_ssize_t N, Py_ssize_t C, double margin, bint squared,
+                                  bint crammer_singer, floating* gp, double gscale, const double* gsa,
+                                  floating* lp, int n_threads) noexcept nogil:
+    """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
+    cdef double sums[MAX_BLOCKS]
+    cdef Py_ssize_t nb = n_blocks_for(N), b
+    for b in prange(nb, schedule='static', num_threads=n_threads):
+        sums[b] = _multiclass_hinge_rows(xp, lab, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
+                                         C, margin, squared, crammer_singer, gp, gscale, gsa, lp)
     return sum_blocks(sums, nb)
 
 

@@ -247,7 +247,7 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
                           const floating[::1] weight, int64_t ignore_index, double eps, double z,
                           floating[:, ::1] grad, double gscale, const double[::1] gscale_arr,
                           floating[::1] loss_out, int n_threads) except? -1:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef double w_sum = C, total
     cdef const floating* wp = NULL
     cdef floating* gp = NULL
@@ -261,9 +261,7 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
         raise ValueError("softmax_xent: no classes")
     if weight is not None:
         wp = &weight[0]
-        w_sum = 0.0
-        for c in range(C):
-            w_sum += weight[c]
+        w_sum = row_total(wp, C)
     if grad is not None:
         gp = &grad[0, 0]
     if loss_out is not None:
@@ -341,8 +339,8 @@ cdef double _softmax_xent_probs(const floating[:, ::1] x, const floating[:, ::1]
                                 const floating[::1] weight, double eps, double z,
                                 floating[:, ::1] grad, double gscale, const double[::1] gscale_arr,
                                 floating[::1] loss_out, int n_threads) except? -1:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nb, b
-    cdef double sums[MAX_BLOCKS]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef double total
     cdef const floating* xp
     cdef const floating* tp
     cdef const floating* wp = NULL
@@ -365,11 +363,21 @@ cdef double _softmax_xent_probs(const floating[:, ::1] x, const floating[:, ::1]
         lp = &loss_out[0]
     if gscale_arr is not None:
         gsa = &gscale_arr[0]
-    nb = n_blocks_for(N)
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=n_threads):
-            sums[b] = _softmax_xent_probs_rows(xp, tp, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
-                                               C, eps, z, gp, gscale, gsa, lp)
+        total = _softmax_xent_probs_all(xp, tp, wp, N, C, eps, z, gp, gscale, gsa, lp, n_threads)
+    return total
+
+
+cdef double _softmax_xent_probs_all(const floating* xp, const floating* tp, const floating* wp,
+                                    Py_ssize_t N, Py_ssize_t C, double eps, double z, floating* gp,
+                                    double gscale, const double* gsa, floating* lp,
+                                    int n_threads) noexcept nogil:
+    """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
+    cdef double sums[MAX_BLOCKS]
+    cdef Py_ssize_t nb = n_blocks_for(N), b
+    for b in prange(nb, schedule='static', num_threads=n_threads):
+        sums[b] = _softmax_xent_probs_rows(xp, tp, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
+                                           C, eps, z, gp, gscale, gsa, lp)
     return sum_blocks(sums, nb)
 
 
