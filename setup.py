@@ -34,7 +34,7 @@ KERNELS = "kernels"
 SOURCES_DEPENDS = [
     os.path.join(KERNELS, name)
     for name in ("_simd.h", "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi", "multiclass_hinge.pxi",
-                 "small_call.pxi", "_kernels.pyx")
+                 "fast_call.pxi", "_kernels.pyx")
 ] + [os.path.join("src", "fastloss", "formulas.pxd")]
 
 OPENMP_TEST = r"""
@@ -179,7 +179,7 @@ def _extensions():
     debug = _env_flag("FASTLOSS_DEBUG")
     import numpy
 
-    # the small-call entry (kernels/small_call.pxi) reads arrays through NumPy's C API
+    # the fast call (kernels/fast_call.pxi) reads arrays through NumPy's C API
     common = dict(include_dirs=[KERNELS, numpy.get_include()], depends=SOURCES_DEPENDS,
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     baseline = Extension("fastloss._kernels", [os.path.join(KERNELS, "_kernels.pyx")], **common)

@@ -24,7 +24,7 @@ include "_common.pxi"
 include "softmax_xent.pxi"
 include "multiclass_hinge.pxi"
 include "_elementwise.pxi"
-include "small_call.pxi"
+include "fast_call.pxi"
 
 OPENMP = bool(FL_HAVE_OPENMP)
 """True when this module was compiled with OpenMP (otherwise every kernel runs serially)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _validation as v
 from ._specs import ELEMENTS
-from ._threads import SMALL_INPUT, threads_for
+from ._threads import SMALL_INPUT, get_num_threads, threads_for
 
 BACKENDS = {
     "numpy": "fastloss.backends.numpy",
@@ -29,9 +29,6 @@ HOW_TO_GET = {
     "cuda": "`pip install \"fastloss[cuda]\"` and run on an NVIDIA GPU (or NUMBA_ENABLE_CUDASIM=1 to simulate)",
     "numpy": "`pip install numpy`",
 }
-
-
-_NO_SMALL_CALLS = {}
 
 
 class BackendUnavailable(RuntimeError):
@@ -189,12 +186,12 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     if name == "cuda":
         return get_backend("cuda").run(spec, entry, x, target, reduction, grad_output, out, options)
     kernels = get_backend(name)
-    if not options:
-        small = getattr(kernels, "SMALL_CALLS", _NO_SMALL_CALLS).get(spec.name)
-        if small is not None:
-            result = small(x, target, out, reduction, entry, grad_output, spec.options, SMALL_INPUT - 1)
-            if result is not NotImplemented:
-                return result
+    fast = getattr(kernels, "fast_call", None)
+    if fast is not None:  # the common call, checked in compiled code
+        result = fast(spec.name, entry, x, target, out, reduction, grad_output, options, spec.options,
+                      SMALL_INPUT, get_num_threads())
+        if result is not NotImplemented:
+            return result
     p = prepare(spec, entry, x, target, reduction, grad_output, out, options, kernels)
 
     # allocate

@@ -55,14 +55,15 @@ mean's denominator (the sum of ``weight[y]``, or the count, over rows whose labe
 that is not ignored, or -1. It writes nothing; the dispatch layer raises on a bad label before
 any loss kernel runs, so loss kernels may trust their labels.
 
-Small calls (optional)
-    ``SMALL_CALLS``: ``{loss name: small(x, target, out, reduction, entry, grad_output, defaults,
-    max_items)}``. The dispatch layer offers a call with no options to ``small`` first, before
-    any validation; ``small`` returns the public entry point's result (``entry`` is 'loss',
-    'grad' or 'loss_and_grad', ``defaults`` the loss's default options) where it can check the
-    whole call cheaply and it runs on one thread (at most ``max_items`` input elements), and
-    ``NotImplemented`` for anything else, which then takes the general road. It must return
-    exactly what the general road returns. The hot-loop call (32 x 10) is mostly this overhead.
+The road's fast step (optional)
+    ``fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults,
+    small_input, num_threads)``: the dispatch layer offers every host call to it first, before
+    any validation (``entry`` is 'loss', 'grad' or 'loss_and_grad', ``options`` the options
+    given, ``defaults`` the loss's options with their defaults). It returns the public entry
+    point's result where it can check the whole call cheaply, running the kernels above on one
+    thread below ``small_input`` input elements and on ``num_threads`` from there, and
+    ``NotImplemented`` for anything else, which the general road then validates. It must return
+    exactly (bitwise) what the general road returns. The hot-loop call (32 x 10) is mostly this.
 """
 
 KERNEL_NAMES = (

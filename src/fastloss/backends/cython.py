@@ -8,7 +8,7 @@ baseline module) and the baseline otherwise. ``FASTLOSS_CYTHON_ISA=baseline`` (o
 ``avx512``) in the environment forces the choice.
 
 Exports exactly the kernel names of ``fastloss.backends`` (the kernels handle ``None`` for every
-optional array themselves), the ``SMALL_CALLS`` entry of softmax_xent's hot-loop call, plus
+optional array themselves), ``fast_call`` (the road's checks in C for every loss's common call), plus
 ``OPENMP``, ``ISA`` and ``BUILD_INFO``.
 """
 
@@ -79,8 +79,8 @@ mse = _module.mse
 mae = _module.mae
 kl_div = _module.kl_div
 
-SMALL_CALLS = {"softmax_xent": _module.softmax_xent_small}
+fast_call = _module.fast_call
 
 stream_copy = _module.stream_copy  # the bench's non-temporal copy probe
 
-__all__ = list(KERNEL_NAMES) + ["SMALL_CALLS", "OPENMP", "ISA", "BUILD_INFO"]
+__all__ = list(KERNEL_NAMES) + ["fast_call", "OPENMP", "ISA", "BUILD_INFO"]

@@ -31,7 +31,7 @@ from numba import njit, prange
 from . import KERNEL_NAMES
 from . import _numba_math as fm
 
-__all__ = list(KERNEL_NAMES) + ["SMALL_CALLS"]
+__all__ = list(KERNEL_NAMES) + ["fast_call"]
 
 
 def _prefer_omp():
@@ -318,7 +318,7 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
 def _make_softmax_xent(block):
     """(serial, parallel, small) kernels of softmax_xent over ``block`` (the row or the lane
     kernel: each compiles only when its kind of shape first comes); ``small`` is the serial one
-    behind the labels' check, for SMALL_CALLS."""
+    behind the labels' check, for fast_call."""
 
     def impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, n_blocks):
         n = x.shape[0]
@@ -376,15 +376,18 @@ _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 
 
-def _softmax_xent_small(x, labels, out, reduction, entry, grad_output, defaults, max_items):
-    """SMALL_CALLS entry of softmax_xent (see fastloss.backends): plain 2-D float arrays,
-    int64 labels, default options, reduction 'mean'/'sum', on one thread; else NotImplemented."""
-    if (type(x) is not np.ndarray or type(labels) is not np.ndarray or x.ndim != 2
-            or x.dtype not in _PLAIN_FLOATS or labels.dtype != _INT64 or labels.ndim != 1
-            or not 0 < x.size <= max_items or labels.shape[0] != x.shape[0]
+def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, small_input,
+              num_threads):
+    """The road's fast step (see fastloss.backends): softmax_xent with no option given, plain 2-D
+    float arrays, int64 labels, reduction 'mean'/'sum', under ``small_input`` elements (one
+    thread); NotImplemented for anything else."""
+    if (loss != "softmax_xent" or options or type(x) is not np.ndarray or type(target) is not np.ndarray
+            or x.ndim != 2 or x.dtype not in _PLAIN_FLOATS or target.dtype != _INT64 or target.ndim != 1
+            or not 0 < x.size < small_input or target.shape[0] != x.shape[0]
             or reduction not in ("mean", "sum") or type(grad_output) is not float
-            or defaults["weight"] is not None or not (x.flags.c_contiguous and labels.flags.c_contiguous)):
+            or defaults["weight"] is not None or not (x.flags.c_contiguous and target.flags.c_contiguous)):
         return NotImplemented
+    labels = target
     grad = _E2[x.dtype.itemsize]
     if entry != "loss":
         if out is None:
@@ -411,7 +414,7 @@ def _softmax_xent_small(x, labels, out, reduction, entry, grad_output, defaults,
     return value if entry == "loss" else (value, grad)
 
 
-SMALL_CALLS = {"softmax_xent": _softmax_xent_small}
+
 
 
 # ---------------------------------------------------------------------------------------------

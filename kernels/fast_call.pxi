@@ -1,0 +1,335 @@
+# The road's checks in C for the common host call of every loss: plain (C-contiguous, aligned,
+# native) float32/float64 arrays, class labels of any integer width, each option of the loss as a
+# Python scalar or a plain array of its exact shape, any reduction, a scalar grad_output, out None
+# or a plain array. Such a call runs the kernels of the general road with the same arguments (the
+# same blocks, the same thread count), so its results are bitwise the general road's. Anything
+# else (another layout, dtype or broadcast, an array grad_output, a bad label, any error) returns
+# NotImplemented, and the general road checks it in Python and raises where the call is wrong.
+
+cimport numpy as cnp
+import numpy as np
+from libc.stdint cimport int8_t, uint8_t, int16_t, uint16_t, int32_t, uint32_t, uint64_t, INT64_MAX
+
+cnp.import_array()
+_np_float32, _np_float64 = np.float32, np.float64
+
+cdef enum Loss:
+    L_SOFTMAX_XENT
+    L_SOFTMAX_XENT_PROBS
+    L_MULTICLASS_HINGE
+    L_ELEMENTWISE
+
+_LOSSES = {"softmax_xent": L_SOFTMAX_XENT, "multiclass_hinge": L_MULTICLASS_HINGE,
+           "sigmoid_bce": L_ELEMENTWISE, "huber": L_ELEMENTWISE, "hinge": L_ELEMENTWISE,
+           "mse": L_ELEMENTWISE, "mae": L_ELEMENTWISE, "kl_div": L_ELEMENTWISE}
+_EW_KINDS = {"sigmoid_bce": EW_SIGMOID_BCE, "huber": EW_HUBER, "hinge": EW_HINGE, "mse": EW_MSE,
+             "mae": EW_MAE, "kl_div": EW_KL_DIV}
+_ENTRIES = {"loss": 0, "grad": 1, "loss_and_grad": 2}
+_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}
+
+
+cdef struct Call:
+    # one validated call, as the kernels take it
+    Loss loss
+    EwKind kind
+    EwParams prm              # elementwise: a, flag, n_pw
+    Py_ssize_t N, C           # rows and classes (elementwise: N = n elements, C = 1)
+    const void* x
+    const void* t             # float targets, or NULL
+    const int64_t* lab        # class labels, or NULL
+    const void* w
+    const void* pw
+    double w_sum, eps, z, a
+    int64_t ignore_index
+    bint squared, crammer_singer
+    void* g
+    double gscale
+    void* lo
+    int n_threads
+
+
+cdef double _run_call(Call* c, bint f32) noexcept nogil:
+    if f32:
+        return _run_typed[float](c, <float*>NULL)
+    return _run_typed[double](c, <double*>NULL)
+
+
+cdef double _run_typed(Call* c, floating* typed) noexcept nogil:
+    cdef const floating* x = <const floating*>c.x
+    if c.loss == L_SOFTMAX_XENT:
+        return _softmax_xent_all(x, c.lab, <const floating*>c.w, c.w_sum, c.N, c.C, c.ignore_index,
+                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+    if c.loss == L_SOFTMAX_XENT_PROBS:
+        return _softmax_xent_probs_all(x, <const floating*>c.t, <const floating*>c.w, c.N, c.C, c.eps,
+                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+    if c.loss == L_MULTICLASS_HINGE:
+        return _multiclass_hinge_all(x, c.lab, <const floating*>c.w, c.N, c.C, c.a, c.squared,
+                                     c.crammer_singer, <floating*>c.g, c.gscale, NULL, <floating*>c.lo,
+                                     c.n_threads)
+    return _elementwise_all(c.kind, x, <const floating*>c.t, <const floating*>c.w, <const floating*>c.pw,
+                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+
+
+cdef inline bint _plain(object a, int typenum, bint writeable) noexcept:
+    """``a`` is exactly an ndarray of this type: C-contiguous, aligned, native byte order."""
+    cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if type(a) is not cnp.ndarray:
+        return False
+    if writeable:
+        flags |= cnp.NPY_ARRAY_WRITEABLE
+    return (cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and (cnp.PyArray_FLAGS(<cnp.ndarray>a) & flags) == flags
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint _shape_is(object a, int ndim, const cnp.npy_intp* dims) noexcept:
+    cdef int k
+    if cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
+        return False
+    for k in range(ndim):
+        if cnp.PyArray_DIMS(<cnp.ndarray>a)[k] != dims[k]:
+            return False
+    return True
+
+
+cdef inline bint _overlap(object a, object b) noexcept:
+    """Whether the memory of two contiguous arrays overlaps."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa < pb + cnp.PyArray_NBYTES(<cnp.ndarray>b) and pb < pa + cnp.PyArray_NBYTES(<cnp.ndarray>a)
+
+
+cdef inline bint _real(object v, double* out) noexcept:
+    """A Python float or int (not bool) as a double; False for anything else."""
+    if type(v) is float:
+        out[0] = <double>v
+        return True
+    if type(v) is int:
+        try:
+            out[0] = <double>v
+        except OverflowError:
+            return False
+        return True
+    return False
+
+
+cdef object _int64_labels(object labels, Py_ssize_t n):
+    """Integer labels as a C-contiguous int64 array (the array itself when it is one), or None
+    for another dtype or a uint64 label beyond int64."""
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>labels)
+    cdef cnp.npy_intp dims[1]
+    cdef int64_t* dst
+    cdef void* src = cnp.PyArray_DATA(<cnp.ndarray>labels)
+    cdef Py_ssize_t i
+    if typenum == cnp.NPY_INT64 or (typenum == cnp.NPY_LONGLONG and sizeof(long long) == 8):
+        return labels
+    dims[0] = n
+    if typenum == cnp.NPY_UINT64 or (typenum == cnp.NPY_ULONGLONG and sizeof(long long) == 8):
+        for i in range(n):
+            if (<uint64_t*>src)[i] > <uint64_t>INT64_MAX:
+                return None
+    converted = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+    dst = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>converted)
+    if typenum == cnp.NPY_INT32:
+        for i in range(n):
+            dst[i] = (<int32_t*>src)[i]
+    elif typenum == cnp.NPY_UINT32:
+        for i in range(n):
+            dst[i] = (<uint32_t*>src)[i]
+    elif typenum == cnp.NPY_INT16:
+        for i in range(n):
+            dst[i] = (<int16_t*>src)[i]
+    elif typenum == cnp.NPY_UINT16:
+        for i in range(n):
+            dst[i] = (<uint16_t*>src)[i]
+    elif typenum == cnp.NPY_INT8:
+        for i in range(n):
+            dst[i] = (<int8_t*>src)[i]
+    elif typenum == cnp.NPY_UINT8:
+        for i in range(n):
+            dst[i] = (<uint8_t*>src)[i]
+    elif typenum == cnp.NPY_UINT64 or typenum == cnp.NPY_ULONGLONG:
+        for i in range(n):
+            dst[i] = <int64_t>(<uint64_t*>src)[i]
+    else:
+        return None
+    return converted
+
+
+def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, dict options,
+              dict defaults, Py_ssize_t small_input, int num_threads):
+    """The public entry point's result for the common host call of ``loss`` with ``options``
+    (``defaults``: the loss's options and their defaults; see the top of this file), run on one
+    thread below ``small_input`` elements and on ``num_threads`` above; NotImplemented for any
+    other call, which the general road then checks."""
+    cdef Call c
+    cdef object lid = _LOSSES.get(loss)
+    cdef object eid = _ENTRIES.get(entry)
+    cdef object rid = _REDUCTIONS.get(reduction)
+    cdef int typenum, ndim, want, red, item_ndim
+    cdef Py_ssize_t n, y, i
+    cdef const cnp.npy_intp* dims
+    cdef double g0 = 1.0, denom, total, v
+    cdef bint f32, rows, has_ignore = False
+    cdef Py_ssize_t matched
+    cdef object weight = None, pos_weight = None, labels = None, grad = None, loss_out = None
+    if lid is None or eid is None or rid is None or type(x) is not cnp.ndarray:
+        return NotImplemented
+    if _plain(x, cnp.NPY_FLOAT32, False):
+        typenum, f32 = cnp.NPY_FLOAT32, True
+    elif _plain(x, cnp.NPY_FLOAT64, False):
+        typenum, f32 = cnp.NPY_FLOAT64, False
+    else:
+        return NotImplemented
+    c.loss, want, red = <Loss><int>lid, <int>eid, <int>rid
+    rows = c.loss != L_ELEMENTWISE
+    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    if n == 0 or (rows and ndim == 0) or (red == 3 and loss != "kl_div"):
+        return NotImplemented
+    c.C = dims[ndim - 1] if rows else 1
+    c.N = n // c.C
+    item_ndim = ndim - 1 if rows else ndim
+    if want == 1:
+        if not _real(grad_output, &g0):
+            return NotImplemented
+
+    # options: each one of the loss (its defaults), of the exact type the general road converts
+    c.eps = c.z = c.a = 0.0  # every field set: options the loss lacks stay zero
+    c.ignore_index = 0
+    c.squared = c.crammer_singer = c.prm.flag = False
+    c.prm.n_pw = 0
+    if c.loss == L_ELEMENTWISE:
+        c.kind = <EwKind><int>_EW_KINDS[loss]
+    matched = 0
+    for key, value in defaults.items():
+        if key in options:
+            value = options[key]
+            matched += 1
+        if key == "weight":
+            if value is not None:
+                if not _plain(value, typenum, False):
+                    return NotImplemented
+                if not (_shape_is(value, 1, dims + ndim - 1) if rows else _shape_is(value, ndim, dims)):
+                    return NotImplemented
+                weight = value
+        elif key == "pos_weight":
+            if value is not None:
+                if ndim == 0 or not _plain(value, typenum, False) or not _shape_is(value, 1, dims + ndim - 1):
+                    return NotImplemented
+                pos_weight = value
+                c.prm.n_pw = dims[ndim - 1]
+        elif key == "ignore_index":
+            if type(value) is not int:
+                return NotImplemented
+            try:
+                c.ignore_index = value
+            except OverflowError:
+                return NotImplemented
+        elif key == "label_smoothing":
+            if not _real(value, &c.eps) or not (0.0 <= c.eps <= 1.0):
+                return NotImplemented
+        elif key == "z_loss":
+            if not _real(value, &c.z) or not c.z >= 0.0:
+                return NotImplemented
+        elif key == "delta":
+            if not _real(value, &c.a) or not (0.0 < c.a <= INFINITY):
+                return NotImplemented
+        elif key == "margin":
+            if not _real(value, &c.a) or not isfinite(c.a):
+                return NotImplemented
+        elif key == "squared" or key == "log_target":
+            if type(value) is not bool:
+                return NotImplemented
+            c.squared = c.prm.flag = value
+        elif key == "mode":
+            if value != "crammer_singer" and value != "weston_watkins":
+                return NotImplemented
+            c.crammer_singer = value == "crammer_singer"
+        else:
+            return NotImplemented
+    if matched != len(options):  # an unknown option: the general road names it
+        return NotImplemented
+    c.prm.a = c.a
+
+    # targets: class labels of the batch shape, or floats of the input's shape and dtype
+    if type(target) is not cnp.ndarray:
+        return NotImplemented
+    if rows and cnp.PyArray_ISINTEGER(<cnp.ndarray>target) and not cnp.PyArray_ISBOOL(<cnp.ndarray>target):
+        if not _plain(target, cnp.PyArray_TYPE(<cnp.ndarray>target), False) or not _shape_is(target, ndim - 1, dims):
+            return NotImplemented
+        labels = _int64_labels(target, c.N)
+        if labels is None:
+            return NotImplemented
+        c.lab = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>labels)
+        c.t = NULL
+    elif c.loss != L_MULTICLASS_HINGE and _plain(target, typenum, False) and _shape_is(target, ndim, dims):
+        if c.loss == L_SOFTMAX_XENT:
+            c.loss = L_SOFTMAX_XENT_PROBS
+        c.t = cnp.PyArray_DATA(<cnp.ndarray>target)
+        c.lab = NULL
+    else:
+        return NotImplemented
+
+    # out: the gradient (x itself, or apart from every input); the loss entry takes none here
+    if out is not None:
+        if want == 0 or not _plain(out, typenum, True) or not _shape_is(out, ndim, dims):
+            return NotImplemented
+        if cnp.PyArray_DATA(<cnp.ndarray>out) != cnp.PyArray_DATA(<cnp.ndarray>x) and _overlap(out, x):
+            return NotImplemented
+        for other in (target, weight, pos_weight):
+            if other is not None and _overlap(out, other):
+                return NotImplemented
+
+    # the label and binary-label pre-passes (a bad label: the general road raises) and the mean's
+    # denominator, as the general road computes them
+    c.w = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
+    c.pw = NULL if pos_weight is None else cnp.PyArray_DATA(<cnp.ndarray>pos_weight)
+    denom = <double>c.N
+    if c.lab != NULL:
+        has_ignore = c.loss == L_SOFTMAX_XENT
+        if f32:
+            v, y = _label_weight_sum[float](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const float*>c.w)
+        else:
+            v, y = _label_weight_sum[double](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const double*>c.w)
+        if y >= 0:
+            return NotImplemented
+        if has_ignore:
+            denom = v
+    if c.loss == L_ELEMENTWISE and c.kind == EW_HINGE:
+        y = (_n_bad_labels[float](<const float*>c.t, 0, n) if f32
+             else _n_bad_labels[double](<const double*>c.t, 0, n))
+        if y:
+            return NotImplemented
+    if red == 3:
+        denom = <double>dims[0] if ndim else 1.0
+    c.w_sum = <double>c.C
+    if c.w != NULL and c.loss == L_SOFTMAX_XENT:
+        c.w_sum = row_total[float](<const float*>c.w, c.C) if f32 else row_total[double](<const double*>c.w, c.C)
+    c.gscale = g0 / denom if (red == 0 or red == 3) else g0
+
+    # allocate, run, reduce
+    c.g = c.lo = NULL
+    if want != 0:
+        grad = out if out is not None else cnp.PyArray_EMPTY(ndim, <cnp.npy_intp*>dims, typenum, 0)
+        c.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    if red == 2 and want != 1:
+        loss_out = cnp.PyArray_EMPTY(item_ndim, <cnp.npy_intp*>dims, typenum, 0)
+        c.lo = cnp.PyArray_DATA(<cnp.ndarray>loss_out)
+    c.x = cnp.PyArray_DATA(<cnp.ndarray>x)
+    c.n_threads = 1 if n < small_input else num_threads
+    if n >= small_input:  # worth releasing the GIL
+        with nogil:
+            total = _run_call(&c, f32)
+    else:
+        total = _run_call(&c, f32)
+    if want == 1:
+        return grad
+    if red == 2:
+        value = loss_out
+    else:
+        if red != 1:
+            total = total / denom
+        value = (_np_float32 if f32 else _np_float64)(total)
+    return value if want == 0 else (value, grad)
