@@ -7,6 +7,7 @@ pyproject.toml). To measure: ``python -m pytest benchmarks --benchmark-enable``;
 ``FASTLOSS_BENCH_LARGE=1`` for the large shapes of ``python -m fastloss.bench``.
 """
 
+import json
 import os
 
 import numpy as np
@@ -70,3 +71,18 @@ def test_copy_probes():
             stream_copy(dst[lo:hi], src[lo:hi])
             np.testing.assert_array_equal(dst[lo:hi], src[lo:hi])
             assert not dst[:lo].any() and not dst[hi:].any()
+
+
+def test_small_table(tmp_path, capsys):
+    """--small: every row agrees with its NumPy twin and is timed (the structure, not the timings)."""
+    path = tmp_path / "small.json"
+    bench.main(["--small", "--rounds", "1", "--json", str(path)])
+    report = json.loads(path.read_text())
+    backends = [b for b in ("cython", "numba") if available(b)]
+    cases = bench.small_cases(np.random.default_rng())
+    assert [(r["loss"], r["options"], r["backend"]) for r in report["results"]] == [
+        (name, label, b) for name, label, *_ in cases for b in backends]
+    assert all(r["median_s"] > 0 and r["numpy_s"] > 0 and isinstance(r["met"], bool) for r in report["results"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["loss", "options", "backend", "median", "numpy", "numpy/fl", "target", "met"]
+    assert len(lines) == 3 + len(report["results"]) + 2

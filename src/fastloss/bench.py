@@ -177,8 +177,9 @@ def _importable(module):
 
 
 def time_interleaved(funcs, rounds, min_seconds=2e-3):
-    """Median seconds per call of each function, the rounds interleaved so that noise from other
-    tenants hits every candidate alike. Fast calls are repeated within a round."""
+    """Median seconds per call of each function, the rounds interleaved (in an order rotated each
+    round) so that noise from other tenants hits every candidate alike. Fast calls are repeated
+    within a round."""
     for f in funcs.values():  # warm up: compile, allocate, fault pages in
         f()
     reps = {}
@@ -188,9 +189,10 @@ def time_interleaved(funcs, rounds, min_seconds=2e-3):
         once = time.perf_counter() - t0
         reps[label] = max(1, int(min_seconds / max(once, 1e-7)))
     samples = {label: [] for label in funcs}
-    for _ in range(rounds):
-        for label, f in funcs.items():
-            n = reps[label]
+    labels = list(funcs)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:  # rotated: no one always first
+            f, n = funcs[label], reps[label]
             t0 = time.perf_counter()
             for _ in range(n):
                 f()
@@ -239,6 +241,183 @@ def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
         report["numba_first_call_s"] = {k: v[1] for k, v in first.items()}
         report["import_s"] = min(v[0] for v in first.values())
     return report
+
+
+# --small: the hot loop. A 32 x 10 float32 loss + gradient per call, fastloss beside what a user
+# would write in NumPy (same arguments as fastloss's options, the gradient into ``g``).
+
+def _np_softmax_xent(x, t, g, weight=None, label_smoothing=0.0, reduction="mean"):
+    n, c = x.shape
+    m = x.max(1, keepdims=True)
+    np.subtract(x, m, out=g)
+    np.exp(g, out=g)
+    s = g.sum(1, keepdims=True)
+    g /= s  # softmax
+    lse = m[:, 0] + np.log(s[:, 0])
+    if t.ndim == 2:  # probabilities
+        loss, denom = (t * (lse[:, None] - x)).sum(), n
+        g -= t
+    else:
+        r, eps = np.arange(n), label_smoothing
+        wy = np.ones(n, x.dtype) if weight is None else weight[t]
+        loss, denom = (1 - eps) * (wy * (lse - x[r, t])).sum(), wy.sum()
+        if weight is not None:
+            g *= ((1 - eps) * wy + eps * weight.mean())[:, None]
+        g[r, t] -= (1 - eps) * wy
+        if eps:
+            w = np.ones(c, x.dtype) if weight is None else weight
+            loss += eps / c * (lse.sum() * w.sum() - (x @ w).sum())
+            g -= eps / c * w
+    denom = denom if reduction == "mean" else 1
+    g /= denom
+    return loss / denom, g
+
+
+def _np_sigmoid_bce(x, t, g, weight=None, pos_weight=None):
+    sp = np.logaddexp(0, -x)  # log(1 + e^-x)
+    np.exp(-sp, out=g)  # sigmoid(x)
+    if pos_weight is None:
+        loss = (1 - t) * x + sp
+        g -= t
+    else:
+        k = 1 + (pos_weight - 1) * t
+        loss = (1 - t) * x + k * sp
+        g -= 1
+        g *= k
+        g += 1 - t
+    if weight is not None:
+        loss *= weight
+        g *= weight
+    g /= x.size
+    return loss.mean(), g
+
+
+def _np_huber(x, t, g, delta=1.0):
+    d = x - t
+    a = np.abs(d)
+    loss = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta)).mean()
+    np.clip(d, -delta, delta, out=g)
+    g /= x.size
+    return loss, g
+
+
+def _np_hinge(x, t, g):
+    m = 1 - t * x
+    np.multiply(-t / x.size, m > 0, out=g)
+    return np.maximum(m, 0).mean(), g
+
+
+def _np_multiclass_hinge(x, y, g, mode="weston_watkins", weight=None):
+    n, c = x.shape
+    r = np.arange(n)
+    wy = np.ones(n, x.dtype) if weight is None else weight[y]
+    xy = x[r, y]
+    if mode == "crammer_singer":
+        z = x.copy()
+        z[r, y] = -np.inf
+        j = z.argmax(1)
+        h = 1 + z[r, j] - xy
+        g.fill(0)
+        g[r, j] = (h > 0) * wy / n
+        g[r, y] -= g[r, j]
+        return (np.maximum(h, 0) * wy).sum() / n, g
+    m = 1 + x - xy[:, None]
+    m[r, y] = 0
+    np.greater(m, 0, out=g)
+    g[r, y] = -g.sum(1)
+    g *= (wy / (c * n))[:, None]
+    return (np.maximum(m, 0).sum(1) * wy).sum() / (c * n), g
+
+
+def _np_mse(x, t, g):
+    np.subtract(x, t, out=g)
+    loss = (g * g).mean()
+    g *= 2 / x.size
+    return loss, g
+
+
+def _np_mae(x, t, g):
+    np.subtract(x, t, out=g)
+    loss = np.abs(g).mean()
+    np.sign(g, out=g)
+    g /= x.size
+    return loss, g
+
+
+def _np_kl_div(x, t, g, log_target=False):
+    p = np.exp(t) if log_target else t
+    loss = (p * ((t if log_target else np.log(t)) - x)).mean()
+    np.multiply(p, -1 / x.size, out=g)
+    return loss, g
+
+
+SMALL_NUMPY = {"softmax_xent": _np_softmax_xent, "sigmoid_bce": _np_sigmoid_bce, "huber": _np_huber,
+               "hinge": _np_hinge, "multiclass_hinge": _np_multiclass_hinge, "mse": _np_mse, "mae": _np_mae,
+               "kl_div": _np_kl_div}
+SMALL_TARGETS = {"cython": 3e-6, "numba": 10e-6}  # seconds per call
+
+
+def small_cases(rng, n=32, c=10, dtype=np.float32):
+    """[(loss, options label, x, targets, options)]: the rows of the --small table."""
+    x, v = rng.standard_normal((2, n, c)).astype(dtype)
+    y = rng.integers(0, c, n)
+    u = rng.uniform(0, 1, (n, c)).astype(dtype)
+    logp = x - np.log(np.exp(x).sum(1, keepdims=True))  # log_softmax
+    probs = np.exp(v) / np.exp(v).sum(1, keepdims=True)
+    w = rng.uniform(0.5, 2, c).astype(dtype)
+    return [("softmax_xent", "defaults", x, y, {}), ("softmax_xent", "int32 labels", x, y.astype(np.int32), {}),
+            ("softmax_xent", "weight=(C,)", x, y, dict(weight=w)),
+            ("softmax_xent", "label_smoothing", x, y, dict(label_smoothing=0.1)),
+            ("softmax_xent", "probs targets", x, probs, {}),
+            ("softmax_xent", "reduction=sum", x, y, dict(reduction="sum")),
+            ("sigmoid_bce", "defaults", x, u, {}), ("sigmoid_bce", "pos_weight=(C,)", x, u, dict(pos_weight=w)),
+            ("sigmoid_bce", "weight=(N,C)", x, u, dict(weight=rng.uniform(0.5, 2, (n, c)).astype(dtype))),
+            ("huber", "defaults", x, v, {}), ("huber", "delta=0.5", x, v, dict(delta=0.5)),
+            ("hinge", "defaults", x, rng.choice(np.array([-1, 1], dtype), (n, c)), {}),
+            ("multiclass_hinge", "defaults", x, y, {}),
+            ("multiclass_hinge", "crammer_singer", x, y, dict(mode="crammer_singer")),
+            ("multiclass_hinge", "weight=(C,)", x, y, dict(weight=w)),
+            ("mse", "defaults", x, v, {}), ("mae", "defaults", x, v, {}),
+            ("kl_div", "defaults", logp, probs, {}), ("kl_div", "log_target", logp, np.log(probs), dict(log_target=True))]
+
+
+def run_small(rounds=None, min_seconds=1e-2):
+    """The hot-loop table: each small case's fused ``*_and_grad`` on cython and numba beside
+    ``SMALL_NUMPY``, checked to agree (rtol 1e-4) before timing; RuntimeError where they do not."""
+    rounds = rounds or 7
+    backends = [b for b in SMALL_TARGETS if available(b)]
+    rows = []
+    for name, label, x, t, options in small_cases(np.random.default_rng()):
+        fused, by_hand = getattr(fastloss, name + "_and_grad"), SMALL_NUMPY[name]
+        outs = {b: np.empty_like(x) for b in ("numpy", *backends)}
+        funcs = {"numpy": lambda: by_hand(x, t, outs["numpy"], **options)}
+        funcs.update({b: (lambda b=b: fused(x, t, out=outs[b], backend=b, **options)) for b in backends})
+        want = funcs["numpy"]()
+        for b in backends:
+            got = funcs[b]()
+            if not all(np.allclose(a, e, rtol=1e-4) for a, e in zip(got, want)):
+                raise RuntimeError(f"{name} ({label}): {b} and NumPy disagree: loss {got[0]} vs {want[0]}, "
+                                   f"largest gradient difference {np.abs(got[1] - want[1]).max()}")
+        times = time_interleaved(funcs, rounds, min_seconds)
+        rows += [dict(loss=name, options=label, backend=b, median_s=times[b], numpy_s=times["numpy"],
+                      x_numpy=times["numpy"] / times[b], target_s=SMALL_TARGETS[b],
+                      met=bool(times[b] <= min(SMALL_TARGETS[b], times["numpy"]))) for b in backends]
+    return dict(machine=machine_info(fastloss.get_num_threads()), shape=[32, 10], dtype="float32",
+                rounds=rounds, results=rows)
+
+
+def format_small(report):
+    m = report["machine"]
+    lines = [f"fastloss bench --small: loss + gradient per call, 32x10 float32, {m['processor']}, {m['date']}",
+             "", f"{'loss':17s} {'options':16s} {'backend':8s} {'median':>11s} {'numpy':>11s} {'numpy/fl':>9s} "
+             f"{'target':>9s} met"]
+    for r in report["results"]:
+        lines.append(f"{r['loss']:17s} {r['options']:16s} {r['backend']:8s} {_fmt_time(r['median_s'])} "
+                     f"{_fmt_time(r['numpy_s'])} {r['x_numpy']:8.1f}x {_fmt_time(r['target_s'])} "
+                     f"{'yes' if r['met'] else 'no'}")
+    met = sum(r["met"] for r in report["results"])
+    lines += ["", f"met (at most the target and not slower than NumPy): {met} of {len(report['results'])}"]
+    return "\n".join(lines)
 
 
 _FIRST_CALL = """
@@ -361,6 +540,8 @@ def plot(report, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastloss.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds: under a minute")
+    parser.add_argument("--small", action="store_true", help="the hot loop: 32x10 float32, every loss and "
+                        "common option, cython and numba beside hand-written NumPy, against per-call targets")
     parser.add_argument("--loss", action="append", choices=list(SPECS), help="only these losses")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload")
@@ -372,14 +553,20 @@ def main(argv=None):
                         "as a Markdown table, and exit")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.small and args.plot:
+        parser.error("--plot draws the full report, not --small")
     if args.markdown:
         with open(args.markdown) as f:
             print(format_markdown(json.load(f)))
         return
     if args.threads:
         fastloss.set_num_threads(args.threads)
-    report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
-    print(format_table(report))
+    if args.small:
+        report = run_small(args.rounds)
+        print(format_small(report))
+    else:
+        report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
+        print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
