@@ -228,7 +228,7 @@ def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
         raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
     if not out.flags.writeable:
         raise ValueError(f"{spec.name}: out is read-only")
-    if alias is not None and not same_memory(out, alias[1]):
+    if alias is not None and np.may_share_memory(out, alias[1]) and not same_memory(out, alias[1]):
         inputs = (alias,) + tuple(inputs)
     for name, arr in inputs:
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
