@@ -5,6 +5,8 @@ never all zeros. ``OPTION_CASES`` lists, per loss, option sets that together exe
 option of the spec (``test_every_option_has_a_case`` enforces this).
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -52,10 +54,16 @@ def seeded_rng():
     return seed, np.random.default_rng(seed)
 
 
+# FASTLOSS_REQUIRE=cython,numba: those backends must be there; a test that would skip fails (CI)
+REQUIRED = frozenset(b.strip() for b in os.environ.get("FASTLOSS_REQUIRE", "").split(",") if b.strip())
+
+
 def backend_or_skip(name):
     try:
         get_backend(name)
     except BackendUnavailable as exc:
+        if name in REQUIRED:
+            pytest.fail(f"FASTLOSS_REQUIRE names {name!r}, but {exc}")
         pytest.skip(str(exc))
     return name
 

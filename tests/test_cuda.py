@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from cases import (ALL_CASES, DTYPES, OPTION_CASES, TOL, call, case_id, make_inputs, rel_err,
+from cases import (ALL_CASES, DTYPES, OPTION_CASES, REQUIRED, TOL, call, case_id, make_inputs, rel_err,
                    seeded_rng)
 from fastloss import reference
 from fastloss._dispatch import BackendUnavailable, get_backend
@@ -28,6 +28,8 @@ from fastloss._specs import ROWS, SPECS
 try:
     nc = get_backend("cuda")
 except BackendUnavailable as exc:
+    if "cuda" in REQUIRED:
+        raise RuntimeError(f"FASTLOSS_REQUIRE names 'cuda', but {exc}") from exc
     pytest.skip(f"cuda backend unavailable: {exc}", allow_module_level=True)
 
 from numba import cuda  # noqa: E402  (after the skip: importing it needs the CUDA target)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import fastloss
-from cases import ALL_CASES, DTYPES, call, case_id, make_inputs, seeded_rng
+from cases import ALL_CASES, DTYPES, backend_or_skip, call, case_id, make_inputs, seeded_rng
 from fastloss import _dispatch
-from fastloss._specs import CLASSES, CLASSES_OR_PROBS, SPECS
+from fastloss._specs import SPECS
 from fastloss._threads import SMALL_INPUT
 
 # the backends whose fast step answers every common call (numba's: softmax_xent's defaults)
@@ -18,8 +18,7 @@ ENTRIES = ("loss", "grad", "loss_and_grad")
 
 
 def fast_backend_or_skip(backend):
-    if not _dispatch.available(backend) or getattr(_dispatch.get_backend(backend), "fast_call", None) is None:
-        pytest.skip(f"{backend}: no fast_call")
+    backend_or_skip(backend)
     return _dispatch.get_backend(backend)
 
 
