@@ -560,6 +560,8 @@ def _multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, g
                 best = sm_a[seg]
                 jb = sm_j[seg]
                 zz = margin + best - xy if sm_b[seg] == 0.0 else _NAN
+                if c == 1:  # one class: no j != y, no term (as PyTorch), NaN score or not
+                    zz = -_INF
                 h = zz if not zz <= 0.0 else 0.0
                 d = 0.0
                 if squared:
