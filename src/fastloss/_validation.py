@@ -232,9 +232,14 @@ def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
         inputs = (alias,) + tuple(inputs)
     for name, arr in inputs:
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
-            raise ValueError(f"{spec.name}: out shares memory with {name}; out may be {spec.input_name} "
-                             f"itself (the gradient overwrites it) and must not overlap any input otherwise")
+            raise ValueError(out_overlap_message(spec, name))
     return out
+
+
+def out_overlap_message(spec, name):
+    """The error of an ``out`` that overlaps input ``name`` other than as the input itself."""
+    return (f"{spec.name}: out shares memory with {name}; out may be {spec.input_name} itself "
+            f"(the gradient overwrites it) and must not overlap any input otherwise")
 
 
 def same_memory(a, b):

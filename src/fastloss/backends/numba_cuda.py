@@ -971,8 +971,7 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
             others.append((spec.input_name, x_v))
         for name, arr in others:
             if arr is not None and arr.size and out_v.size and _overlaps(out_v, arr):
-                raise ValueError(f"{spec.name}: out shares memory with {name}; out may be {spec.input_name} "
-                                 f"itself (the gradient overwrites it) and must not overlap any input otherwise")
+                raise ValueError(v.out_overlap_message(spec, name))
 
     # everything checked: upload host pieces, allocate, launch
     x_d = x_v.reshape((n_items, x_shape[-1]) if rows else (n_items,))
