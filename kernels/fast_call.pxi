@@ -167,7 +167,7 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
     cdef object eid = _ENTRIES.get(entry)
     cdef object rid = _REDUCTIONS.get(reduction)
     cdef int typenum, ndim, want, red, item_ndim
-    cdef Py_ssize_t n, y, i
+    cdef Py_ssize_t n, y
     cdef const cnp.npy_intp* dims
     cdef double g0 = 1.0, denom, total, v
     cdef bint f32, rows, has_ignore = False

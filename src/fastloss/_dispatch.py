@@ -173,7 +173,7 @@ def checked_target(spec, kind, target, n_classes, dtype, opts, checks):
             v.raise_bad_label(spec, target, bad, spec.target_name, n_classes, ignore_index if has_ignore else None)
         return labels, weight_sum
     values = np.ascontiguousarray(target, dtype=dtype).reshape(-1)
-    if spec.name == "hinge":
+    if spec.binary_labels:
         bad = checks.binary_label_check(values, threads_for(values.size))
         if bad >= 0:
             v.raise_bad_binary_label(spec, values.reshape(np.shape(target)), bad, spec.target_name)
@@ -202,9 +202,9 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
         loss_out = p.out if (p.out is not None and entry == "loss") else np.empty(p.item_shape, p.dtype)
 
     # dispatch -> kernel
-    kernel_name, args = kernel_args(spec, p.kind, p.options)
+    kernel_name, args = spec.kernel(p.kind)
     total = getattr(kernels, kernel_name)(
-        p.x, p.target, *args,
+        p.x, p.target, *args(p.options),
         None if grad is None else grad.reshape(p.x.shape), p.gscale, p.gscale_arr,
         None if loss_out is None else loss_out.reshape(-1),
         threads_for(p.x.size))
@@ -226,16 +226,3 @@ def _divide(a, b):
     if b:
         return a / b
     return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def kernel_args(spec, kind, opts):
-    """The kernel a call runs and its loss-specific arguments, in the contract's order."""
-    if spec.name == "softmax_xent":
-        common = (opts["weight"], opts["label_smoothing"], opts["z_loss"])
-        if kind == "probs":
-            return "softmax_xent_probs", common
-        return "softmax_xent", (opts["weight"], opts["ignore_index"], opts["label_smoothing"], opts["z_loss"])
-    if spec.name == "multiclass_hinge":
-        return "multiclass_hinge", (opts["weight"], opts["margin"], opts["squared"],
-                                    opts["mode"] == "crammer_singer")
-    return spec.name, tuple(opts.values())

@@ -24,6 +24,22 @@ class LossSpec:
     choices: dict = field(default_factory=dict)  # option -> allowed values
     # "mean" divides by the sum of weight[y] over rows not ignored (class-index targets), not N
     label_weighted_mean: bool = False
+    # float targets must be labels in {-1, 0, +1} (the backend's binary_label_check)
+    binary_labels: bool = False
+    # target kind ('classes', 'probs', 'values') -> (kernel name, its loss-specific arguments
+    # from the checked options, in the order of the backend contract); default: the loss's own
+    # kernel with every option in the spec's order
+    kernels: dict = None
+
+    def kernel(self, kind):
+        """(kernel name, options -> argument tuple) for targets of ``kind``."""
+        if self.kernels is None:
+            return self.name, _all_options
+        return self.kernels[kind]
+
+
+def _all_options(opts):
+    return tuple(opts.values())
 
 
 SPECS = {
@@ -34,6 +50,11 @@ SPECS = {
             dict(weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0),
             "lse(x) - x[y] per row (PyTorch cross_entropy, class axis last) + z_loss * lse(x)**2",
             target_name="labels", label_weighted_mean=True,
+            kernels={
+                "classes": ("softmax_xent",
+                            lambda o: (o["weight"], o["ignore_index"], o["label_smoothing"], o["z_loss"])),
+                "probs": ("softmax_xent_probs", lambda o: (o["weight"], o["label_smoothing"], o["z_loss"])),
+            },
         ),
         LossSpec(
             "sigmoid_bce", ELEMENTS, VALUES, dict(weight=None, pos_weight=None),
@@ -47,7 +68,7 @@ SPECS = {
         LossSpec(
             "hinge", ELEMENTS, VALUES, dict(margin=1.0, squared=False),
             "max(0, margin - y*x) (squared if asked), y in {-1, +1} or {0, 1}",
-            input_name="scores", target_name="labels",
+            input_name="scores", target_name="labels", binary_labels=True,
         ),
         LossSpec(
             "multiclass_hinge", ROWS, CLASSES,
@@ -56,6 +77,8 @@ SPECS = {
             "crammer_singer: w[y] * max(0, margin + max_{j!=y} x[j] - x[y])**p",
             input_name="scores", target_name="labels",
             choices=dict(mode=("weston_watkins", "crammer_singer")),
+            kernels={"classes": ("multiclass_hinge", lambda o: (o["weight"], o["margin"], o["squared"],
+                                                                o["mode"] == "crammer_singer"))},
         ),
         LossSpec("mse", ELEMENTS, VALUES, {}, "(x - target)**2", input_name="predictions"),
         LossSpec("mae", ELEMENTS, VALUES, {}, "|x - target|", input_name="predictions"),

@@ -119,6 +119,8 @@ def _broadcast_weight(spec, name, value, x_shape, dtype, trailing):
     (kernels index it modulo its size, which broadcasts it over the leading axes)."""
     w = _float_array(spec, name, value, dtype)
     target = tuple(x_shape[len(x_shape) - w.ndim:]) if trailing and w.ndim <= len(x_shape) else tuple(x_shape)
+    if w.shape == target and w.flags.c_contiguous:  # nothing to broadcast (broadcast_to costs ~2 us)
+        return w.reshape(-1)
     try:
         b = np.broadcast_to(w, target)
     except ValueError:
@@ -224,9 +226,10 @@ def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
         raise TypeError(f"{spec.name}: out must have dtype {dtype} (the {what}), got {out.dtype}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{spec.name}: out must have shape {tuple(shape)} (the {what}), got {tuple(out.shape)}")
-    if not out.flags.c_contiguous:
+    flags = out.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
-    if not out.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{spec.name}: out is read-only")
     if alias is not None and np.may_share_memory(out, alias[1]) and not same_memory(out, alias[1]):
         inputs = (alias,) + tuple(inputs)
