@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastloss
+from fastloss import reference
 from fastloss._dispatch import BackendUnavailable, get_backend
 from fastloss._specs import CLASSES, CLASSES_OR_PROBS, ROWS, SPECS
 
@@ -132,6 +133,12 @@ def rel_err(actual, expected):
     scale = np.linalg.norm(expected.ravel())
     diff = np.linalg.norm((actual - expected).ravel())
     return diff / scale if scale > 0 else diff
+
+
+def assert_reference(name, x, target, loss, grad, tol, reduction="mean", where="", **opts):
+    """The loss and gradient of one call match fastloss.reference within ``tol`` (relative)."""
+    assert rel_err(loss, reference.loss(name, x, target, reduction, **opts)) <= tol, where
+    assert rel_err(grad, reference.grad(name, x, target, reduction, **opts)) <= tol, where
 
 
 def call(name, entry, x, target, **kwargs):

@@ -4,8 +4,8 @@ plus finite differences, leading batch dims, out=, grad_output and the kinks."""
 import numpy as np
 import pytest
 
-from cases import (ALL_CASES, CPU_BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, backend_or_skip,
-                   call, case_id, kink_distance, make_inputs, rel_err, seeded_rng)
+from cases import (ALL_CASES, CPU_BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, assert_reference,
+                   backend_or_skip, call, case_id, kink_distance, make_inputs, rel_err, seeded_rng)
 from fastloss import reference
 from fastloss._specs import ROWS, SPECS
 
@@ -124,29 +124,22 @@ def test_large_gradients(backend, shape):
         assert rel_err(scaled, reference.grad("softmax_xent", x, t, "none", grad_output, **opts)) <= tol, where
 
 
-@pytest.mark.parametrize("name", [n for n in OPTION_CASES if SPECS[n].layout != ROWS])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_large_elementwise_gradients(backend, name):
-    """Elementwise losses over more than 8 MB of gradient (streamed out, blocks not line-aligned)."""
-    backend_or_skip(backend)
-    seed, rng = seeded_rng()
-    x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float32, rng, (1031, 2039))
-    loss, grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
-    tol = TOL[np.float32] * 10
-    assert rel_err(loss, reference.loss(name, x, t, **opts)) <= tol, f"seed={seed}"
-    assert rel_err(grad, reference.grad(name, x, t, **opts)) <= tol, f"seed={seed}"
+# (shape, dtype, reduction, tolerance): leading batch dims, 1-D, a single item, and more than
+# 8 MB of float32 gradient (streamed out, blocks not line-aligned)
+SHAPES = [((2, 3, 2, 5), np.float64, "none", 1e-12), ((6,), np.float64, "none", 1e-12),
+          ((1, 1), np.float64, "none", 1e-12), ((1031, 2039), np.float32, "mean", TOL[np.float32] * 10)]
 
 
+@pytest.mark.parametrize("shape,dtype,reduction,tol", SHAPES, ids=lambda v: "x".join(map(str, v))
+                         if isinstance(v, tuple) else None)
 @pytest.mark.parametrize("name", list(OPTION_CASES))
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_leading_batch_dims_and_1d(backend, name):
+def test_shapes(backend, name, shape, dtype, reduction, tol):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
-    for shape in ((2, 3, 2, 5), (6,), (1, 1)):
-        x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float64, rng, shape)
-        loss, grad = call(name, "loss_and_grad", x, t, reduction="none", backend=backend, **opts)
-        assert rel_err(loss, reference.loss(name, x, t, "none", **opts)) < 1e-12, f"seed={seed} {shape}"
-        assert rel_err(grad, reference.grad(name, x, t, "none", **opts)) < 1e-12, f"seed={seed} {shape}"
+    x, t, opts = make_inputs(name, OPTION_CASES[name][-1], dtype, rng, shape)
+    loss, grad = call(name, "loss_and_grad", x, t, reduction=reduction, backend=backend, **opts)
+    assert_reference(name, x, t, loss, grad, tol, reduction, f"seed={seed} {shape}", **opts)
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))

@@ -25,19 +25,11 @@ def _make(spec, entry):
         def func(x, target, *, reduction="mean", backend="auto", out=None, **options):
             return run(spec, entry, x, target, reduction, 1.0, backend, out, options)
 
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter(spec.input_name, inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter(spec.target_name, inspect.Parameter.POSITIONAL_OR_KEYWORD),
-              inspect.Parameter("reduction", keyword, default="mean")]
-    if entry == "grad":
-        params.append(inspect.Parameter("grad_output", keyword, default=1.0))
-    params += [inspect.Parameter("backend", keyword, default="auto"),
-               inspect.Parameter("out", keyword, default=None)]
-    params += [inspect.Parameter(k, keyword, default=d) for k, d in spec.options.items()]
-    func.__signature__ = inspect.Signature(params)
+    keywords = [("reduction", "mean")] + ([("grad_output", 1.0)] if entry == "grad" else [])
+    func.__signature__ = signature(spec, keywords + [("backend", "auto"), ("out", None)])
     func.__name__ = func.__qualname__ = public_name
     func.__module__ = "fastloss"
-    options = ", ".join(f"{k}={d!r}" for k, d in spec.options.items()) or "none"
+    options = options_text(spec)
     func.__doc__ = (
         f"{spec.name}: {spec.formula}.\n\n"
         f"{_ENTRY_DOCS[entry].format(x=spec.input_name)}\n\n"
@@ -45,6 +37,21 @@ def _make(spec, entry):
         f"backend: 'auto', 'numpy', 'cython', 'numba' or 'cuda'. See API.md for every rule."
     )
     return public_name, func
+
+
+def signature(spec, keywords):
+    """The public signature of a loss: input and target, then the keyword-only ``keywords``
+    ((name, default) pairs) and the loss's options with their defaults."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(spec.input_name, positional), inspect.Parameter(spec.target_name, positional)]
+    params += [inspect.Parameter(k, keyword, default=d) for k, d in keywords + list(spec.options.items())]
+    return inspect.Signature(params)
+
+
+def options_text(spec):
+    """'name=default, ...' of the loss's options, for docstrings."""
+    return ", ".join(f"{k}={d!r}" for k, d in spec.options.items()) or "none"
 
 
 def public_functions():

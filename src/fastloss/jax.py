@@ -23,7 +23,6 @@ on a JAX accelerator the callback copies the arrays to the host and back.
 """
 
 import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ import numpy as np
 
 import fastloss as _fastloss
 from . import _validation as _v
+from ._api import options_text, signature
 from ._specs import ELEMENTS, SPECS
 
 __all__ = list(SPECS)
@@ -116,16 +116,10 @@ def _make(spec):
                   for k in spec.options if k in _ARRAY_OPTIONS}
         return _loss(spec.name, reduction, backend, static, x, target, arrays)
 
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter(spec.input_name, positional), inspect.Parameter(spec.target_name, positional),
-              inspect.Parameter("reduction", keyword, default="mean"),
-              inspect.Parameter("backend", keyword, default="auto")]
-    params += [inspect.Parameter(k, keyword, default=d) for k, d in spec.options.items()]
-    func.__signature__ = inspect.Signature(params)
+    func.__signature__ = signature(spec, [("reduction", "mean"), ("backend", "auto")])
     func.__name__ = func.__qualname__ = spec.name
     func.__module__ = __name__
-    options = ", ".join(f"{k}={d!r}" for k, d in spec.options.items()) or "none"
+    options = options_text(spec)
     func.__doc__ = (
         f"{spec.name}: {spec.formula}.\n\n"
         f"A jax.custom_vjp function (jit, grad, vmap): the forward runs fastloss's fused kernel "

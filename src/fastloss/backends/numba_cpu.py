@@ -124,6 +124,21 @@ def _run(serial, parallel, n_threads, *args):
     return parallel(*args)
 
 
+@njit(inline="always")
+def _bounds(b, n_blocks, n):
+    """Items [lo, hi) of block b of n_blocks over n items."""
+    return (b * n) // n_blocks, ((b + 1) * n) // n_blocks
+
+
+@njit(inline="always")
+def _in_order(sums):
+    """The blocks' sums added in block order (the same result for any thread count)."""
+    total = 0.0
+    for b in range(sums.shape[0]):
+        total += sums[b]
+    return total
+
+
 # Items per block: the block count depends on the shape only (determinism), is 1 for small
 # inputs (no threading overhead there) and at most _MAX_BLOCKS (enough to balance many cores).
 _MAX_BLOCKS = 256
@@ -331,11 +346,8 @@ def _make_softmax_xent(block):
         sums = np.empty(n_blocks)
         for b in prange(n_blocks):
             sums[b] = block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt,
-                            (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
-        total = 0.0
-        for b in range(n_blocks):
-            total += sums[b]
-        return total
+                            *_bounds(b, n_blocks, n))
+        return _in_order(sums)
 
     serial, parallel = _twice(impl)
 
@@ -443,11 +455,8 @@ def _softmax_xent_probs_impl(x, t, w, eps, z, g, gscale, gs_arr, loss_out, n_blo
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
         sums[b] = _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gs_arr, loss_out,
-                                            (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
-    total = 0.0
-    for b in range(n_blocks):
-        total += sums[b]
-    return total
+                                            *_bounds(b, n_blocks, n))
+    return _in_order(sums)
 
 
 _softmax_xent_probs_s, _softmax_xent_probs_p = _twice(_softmax_xent_probs_impl)
@@ -498,11 +507,8 @@ def _multiclass_hinge_impl(x, labels, w, margin, squared, crammer_singer, g, gsc
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
         sums[b] = _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gscale,
-                                          gs_arr, loss_out, (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
-    total = 0.0
-    for b in range(n_blocks):
-        total += sums[b]
-    return total
+                                          gs_arr, loss_out, *_bounds(b, n_blocks, n))
+    return _in_order(sums)
 
 
 _multiclass_hinge_s, _multiclass_hinge_p = _twice(_multiclass_hinge_impl)
@@ -658,11 +664,8 @@ def _sigmoid_bce_impl(x, t, w, pw, g, gscale, gs_arr, loss_out, n_blocks):
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
         sums[b] = _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out,
-                                     (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
-    total = 0.0
-    for b in range(n_blocks):
-        total += sums[b]
-    return total
+                                     *_bounds(b, n_blocks, n))
+    return _in_order(sums)
 
 
 _sigmoid_bce_s, _sigmoid_bce_p = _twice(_sigmoid_bce_impl)
@@ -727,11 +730,8 @@ def _make_elementwise(item, native=False):
         sums = np.empty(n_blocks)
         for b in prange(n_blocks):
             sums[b] = block(x, t, p0, p1, g, gscale, gs_arr, loss_out,
-                            (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
-        total = 0.0
-        for b in range(n_blocks):
-            total += sums[b]
-        return total
+                            *_bounds(b, n_blocks, n))
+        return _in_order(sums)
 
     return _twice(impl)
 
