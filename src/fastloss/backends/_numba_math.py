@@ -398,16 +398,16 @@ def _sfence(typingctx):
 
 
 @intrinsic
-def _scale_into(typingctx, src, dst, a, c, w, has_w, nt):
+def _scale_into(typingctx, src, dst, a, c, w, has_w, stream):
     """dst[j] = src[j] * a - c * w[j] (c alone without weights) for every j of dst, src[j] and
-    w[j] read before dst[j] is written (src may be dst). nt: streaming stores (no read for
+    w[j] read before dst[j] is written (src may be dst). stream: streaming stores (no read for
     ownership, no cache pollution) for the 64-byte aligned vector body; the caller issues
     _sfence() before other threads may read dst."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.layout == "C"
             and dst.layout == "C" and src.dtype == dst.dtype and isinstance(w, types.Array)
             and w.dtype == dst.dtype and w.layout == "C" and a == c == dst.dtype):
         return None
-    sig = types.void(src, dst, a, c, w, has_w, nt)
+    sig = types.void(src, dst, a, c, w, has_w, stream)
 
     def codegen(context, builder, signature, args):
         aryty = signature.args[1]
@@ -416,7 +416,7 @@ def _scale_into(typingctx, src, dst, a, c, w, has_w, nt):
         w_ary = context.make_array(signature.args[4])(context, builder, args[4])
         av, cv = args[2], args[3]
         has_w = context.cast(builder, args[5], signature.args[5], types.boolean)
-        nt = context.cast(builder, args[6], signature.args[6], types.boolean)
+        stream = context.cast(builder, args[6], signature.args[6], types.boolean)
         i64 = ir.IntType(64)
         size = aryty.dtype.bitwidth // 8
         lanes = 64 // size
@@ -464,10 +464,10 @@ def _scale_into(typingctx, src, dst, a, c, w, has_w, nt):
         with builder.if_else(has_w) as (then_w, else_w):
             for weighted, blk in ((True, then_w), (False, else_w)):
                 with blk:
-                    with builder.if_else(nt) as (then_nt, else_nt):
-                        with then_nt:
+                    with builder.if_else(stream) as (then_stream, else_stream):
+                        with then_stream:
                             emit(weighted, True)
-                        with else_nt:
+                        with else_stream:
                             emit(weighted, False)
         return context.get_dummy_value()
 
@@ -555,17 +555,17 @@ def _exp_into(src, dst, j0, j1, shift, finite):
             dst[j] = fexp(src[j] - shift)
 
 
-def _scale_row(src, dst, a, c, w, has_w, nt):
+def _scale_row(src, dst, a, c, w, has_w, stream):
     """dst[j] = src[j] * a - c * w[j] (c alone without weights): _scale_into for contiguous
     arrays, a plain loop for others (a user's strided gradient row)."""
 
 
 @overload(_scale_row)
-def _ol_scale_row(src, dst, a, c, w, has_w, nt):
+def _ol_scale_row(src, dst, a, c, w, has_w, stream):
     if src.layout == dst.layout == w.layout == "C":
-        return lambda src, dst, a, c, w, has_w, nt: _scale_into(src, dst, a, c, w, has_w, nt)
+        return lambda src, dst, a, c, w, has_w, stream: _scale_into(src, dst, a, c, w, has_w, stream)
 
-    def impl(src, dst, a, c, w, has_w, nt):
+    def impl(src, dst, a, c, w, has_w, stream):
         for j in range(dst.shape[0]):
             dst[j] = src[j] * a - c * w[j] if has_w else src[j] * a - c
     return impl
@@ -689,9 +689,9 @@ def _xent_grad_y(ey, a, c, wy, gscale, eps):
 
 
 @njit(**_HELPER)
-def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, nt):
+def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, stream):
     """softmax_xent_row with a scratch row ``buf`` (len C, or empty: the exps go to ``g``),
-    the next row ``nxt`` to prefetch (or empty) and streaming gradient stores (``nt``)."""
+    the next row ``nxt`` to prefetch (or empty) and streaming gradient stores (``stream``)."""
     n = x.shape[0]
     has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
@@ -711,7 +711,7 @@ def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, nt):
         a = gscale * _xent_coef(lse, wy, w_sum, inv_c, eps, z) / s
         c = gscale * eps * inv_c
         ey = np.float64(e[y])
-        _scale_row(e, g, _like(a, x), _like(c, x), w, has_w and eps != 0.0, nt)
+        _scale_row(e, g, _like(a, x), _like(c, x), w, has_w and eps != 0.0, stream)
         g[y] = _xent_grad_y(ey, a, c, wy, gscale, eps)
     return loss
 

@@ -173,15 +173,15 @@ def _twice(fn):
 
 
 @njit(**_OPTS)
-def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, lo, hi):
+def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream, lo, hi):
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
-    # nt (long rows, large gradient): the exps go to a scratch row that stays in cache, the
+    # stream (long rows, large gradient): the exps go to a scratch row that stays in cache, the
     # gradient is written once with streaming stores, and the next row of the block is
     # prefetched while this one's exps run. Otherwise the exps go to the gradient row.
-    buf = np.empty(n_classes if nt and write_g else 0, x.dtype)
+    buf = np.empty(n_classes if stream and write_g else 0, x.dtype)
     none = x[lo, :0]
     acc = 0.0
     for i in range(lo, hi):
@@ -196,13 +196,13 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
             for j in range(gi.shape[0]):
                 gi[j] = np.nan
         else:
-            gs = gscale * gs_arr[i] if has_gs else gscale
+            gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
             loss = fm._softmax_xent_row(x[i], y, w, w_sum, eps, z, gi, gs, buf,
-                                        x[i + 1] if nt and i + 1 < hi else none, nt)
+                                        x[i + 1] if stream and i + 1 < hi else none, stream)
         if has_lo:
             loss_out[i] = loss
         acc += loss
-    if nt:
+    if stream:
         fm._sfence()
     return acc
 
@@ -212,17 +212,17 @@ _LANES = 32  # rows side by side there, one per vector lane
 
 
 @njit(**_OPTS)
-def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, lo, hi):
+def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream, lo, hi):
     """_softmax_xent_block for C <= _SMALL_C: _LANES rows at a time, transposed (t[c, l] holds
     x[r0 + l, c]) so that the max, the exps, sums and logs and the loss and gradient formulas
     run across rows in vector lanes; one short row at a time drowns in per-row overhead. The
     lane loops run to nl = t.shape[1], a run-time trip count, and each writes one array: LLVM
     vectorises them (a constant 32, or two arrays written, gets them unrolled and left scalar).
-    (nt: unused, such rows are never streamed.)"""
+    (stream: unused, such rows are never streamed.)"""
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
     has_w = w.shape[0] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
     inv_c = 1.0 / n_classes
     t = np.empty((n_classes, _LANES), x.dtype)  # the rows, then their exps, then the gradient
@@ -256,9 +256,9 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
             ok[l] = y != ignore_index and 0 <= y < n_classes  # never trusted for memory safety
             yc[l] = y if ok[l] else 0
             n_bad += not ok[l]
-        if has_gs:
+        if has_gscale_arr:
             for l in range(nl):
-                gs[l] = gscale * gs_arr[r0 + l] if l < n_rows else gscale
+                gs[l] = gscale * gscale_arr[r0 + l] if l < n_rows else gscale
         for l in range(nl):
             xy[l] = t[yc[l], l]
         for l in range(nl):
@@ -335,7 +335,7 @@ def _make_softmax_xent(block):
     kernel: each compiles only when its kind of shape first comes); ``small`` is the serial one
     behind the labels' check, for fast_call."""
 
-    def impl(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt, n_blocks):
+    def impl(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream, n_blocks):
         n = x.shape[0]
         w_sum = 0.0
         if w.shape[0] > 0:
@@ -345,14 +345,14 @@ def _make_softmax_xent(block):
             w_sum = float(x.shape[1])
         sums = np.empty(n_blocks)
         for b in prange(n_blocks):
-            sums[b] = block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs_arr, loss_out, nt,
+            sums[b] = block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream,
                             *_bounds(b, n_blocks, n))
         return _in_order(sums)
 
     serial, parallel = _twice(impl)
 
     @njit(**_OPTS)
-    def small(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, n_blocks, mean):
+    def small(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, n_blocks, mean):
         """The labels checked and counted, then the serial kernel: (False, 0) on a bad label
         (nothing written), else (True, the reduced loss)."""
         count = 0.0
@@ -364,7 +364,7 @@ def _make_softmax_xent(block):
                 count += 1.0
         if mean:
             gscale = gscale / count  # IEEE: inf or NaN when every row is ignored, as the general road
-        total = serial(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, loss_out, False, n_blocks)
+        total = serial(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, False, n_blocks)
         return True, total / count if mean else total
 
     return serial, parallel, small
@@ -435,14 +435,14 @@ def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defa
 
 
 @njit(**_OPTS)
-def _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gs_arr, loss_out, lo, hi):
+def _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gscale_arr, loss_out, lo, hi):
     write_g = g.shape[1] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
     acc = 0.0
     for i in range(lo, hi):
         gi = g[i] if write_g else g[0]
-        gs = gscale * gs_arr[i] if has_gs else gscale
+        gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
         loss = fm.softmax_xent_probs_row(x[i], t[i], w, eps, z, gi, gs)
         if has_lo:
             loss_out[i] = loss
@@ -450,11 +450,11 @@ def _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gs_arr, loss_out, lo, 
     return acc
 
 
-def _softmax_xent_probs_impl(x, t, w, eps, z, g, gscale, gs_arr, loss_out, n_blocks):
+def _softmax_xent_probs_impl(x, t, w, eps, z, g, gscale, gscale_arr, loss_out, n_blocks):
     n = x.shape[0]
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
-        sums[b] = _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gs_arr, loss_out,
+        sums[b] = _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gscale_arr, loss_out,
                                             *_bounds(b, n_blocks, n))
     return _in_order(sums)
 
@@ -478,11 +478,11 @@ def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
 
 
 @njit(**_OPTS)
-def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gscale, gs_arr,
+def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gscale, gscale_arr,
                             loss_out, lo, hi):
     n_classes = x.shape[1]
     write_g = g.shape[1] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
     acc = 0.0
     for i in range(lo, hi):
@@ -493,7 +493,7 @@ def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gs
             for j in range(gi.shape[0]):
                 gi[j] = np.nan
         else:
-            gs = gscale * gs_arr[i] if has_gs else gscale
+            gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
             loss = fm.multiclass_hinge_row(x[i], y, w, margin, squared, crammer_singer, gi, gs)
         if has_lo:
             loss_out[i] = loss
@@ -501,13 +501,13 @@ def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gs
     return acc
 
 
-def _multiclass_hinge_impl(x, labels, w, margin, squared, crammer_singer, g, gscale, gs_arr,
+def _multiclass_hinge_impl(x, labels, w, margin, squared, crammer_singer, g, gscale, gscale_arr,
                            loss_out, n_blocks):
     n = x.shape[0]
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
         sums[b] = _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gscale,
-                                          gs_arr, loss_out, *_bounds(b, n_blocks, n))
+                                          gscale_arr, loss_out, *_bounds(b, n_blocks, n))
     return _in_order(sums)
 
 
@@ -611,16 +611,16 @@ def _prefetch_chunk(x, t, lo, hi):
 
 
 @njit(**_OPTS)
-def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
+def _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out, lo, hi):
     # As _make_elementwise's block (chunks of _ECHUNK items, losses into a buffer summed over 16
     # fixed lanes), in x's precision, each chunk cut where pos_weight's index wraps so that
     # inside a piece it is the item index plus a constant: the pieces vectorise.
     has_w = w.shape[0] > 0
     n_pw = pw.shape[0]
     write_g = g.shape[0] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
-    simple = write_g and not has_gs and not has_lo and not has_w
+    simple = write_g and not has_gscale_arr and not has_lo and not has_w
     one = fm._like(1.0, x)
     gsf = fm._like(gscale, x)
     buf = np.empty(_ECHUNK, x.dtype)
@@ -646,7 +646,7 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
                     loss, d = fm._sigmoid_bce_x(x[i], t[i], w[i] if has_w else one,
                                                 pw[i + off] if n_pw > 0 else one)
                     if write_g:
-                        g[i] = d * (fm._like(gscale * gs_arr[i], x) if has_gs else gsf)
+                        g[i] = d * (fm._like(gscale * gscale_arr[i], x) if has_gscale_arr else gsf)
                     if has_lo:
                         loss_out[i] = loss
                     buf[i - ub] = loss
@@ -659,11 +659,11 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out, lo, hi):
     return acc
 
 
-def _sigmoid_bce_impl(x, t, w, pw, g, gscale, gs_arr, loss_out, n_blocks):
+def _sigmoid_bce_impl(x, t, w, pw, g, gscale, gscale_arr, loss_out, n_blocks):
     n = x.shape[0]
     sums = np.empty(n_blocks)
     for b in prange(n_blocks):
-        sums[b] = _sigmoid_bce_block(x, t, w, pw, g, gscale, gs_arr, loss_out,
+        sums[b] = _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out,
                                      *_bounds(b, n_blocks, n))
     return _in_order(sums)
 
@@ -689,14 +689,14 @@ def _make_elementwise(item, native=False):
     compute-bound (its next chunk's inputs are prefetched; measured slower for the cheap items)."""
 
     @njit(**_OPTS)
-    def block(x, t, p0, p1, g, gscale, gs_arr, loss_out, lo, hi):
+    def block(x, t, p0, p1, g, gscale, gscale_arr, loss_out, lo, hi):
         # Chunks of _ECHUNK items: the item loop stores the losses in a small buffer (no
         # reduction in it, unsigned indices: LLVM vectorises it), then the buffer is summed over
         # 16 fixed lanes. The order depends on the block bounds only: deterministic.
         write_g = g.shape[0] > 0
-        has_gs = gs_arr.shape[0] > 0
+        has_gscale_arr = gscale_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
-        simple = write_g and not has_gs and not has_lo
+        simple = write_g and not has_gscale_arr and not has_lo
         buf = np.empty(_ECHUNK, x.dtype if native else np.float64)
         gsf = fm._like(gscale, x) if native else gscale
         acc = 0.0
@@ -718,18 +718,18 @@ def _make_elementwise(item, native=False):
                     i = base + k
                     loss, d = item(x[i], t[i], p0, p1)
                     if write_g:
-                        g[i] = d * (gscale * gs_arr[i] if has_gs else gscale)
+                        g[i] = d * (gscale * gscale_arr[i] if has_gscale_arr else gscale)
                     if has_lo:
                         loss_out[i] = loss
                     buf[k] = loss
             acc += fm._sum16(buf, 0, m)
         return acc
 
-    def impl(x, t, p0, p1, g, gscale, gs_arr, loss_out, n_blocks):
+    def impl(x, t, p0, p1, g, gscale, gscale_arr, loss_out, n_blocks):
         n = x.shape[0]
         sums = np.empty(n_blocks)
         for b in prange(n_blocks):
-            sums[b] = block(x, t, p0, p1, g, gscale, gs_arr, loss_out,
+            sums[b] = block(x, t, p0, p1, g, gscale, gscale_arr, loss_out,
                             *_bounds(b, n_blocks, n))
         return _in_order(sums)
 
