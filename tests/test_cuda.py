@@ -22,7 +22,7 @@ import fastloss
 from cases import (ALL_CASES, DTYPES, OPTION_CASES, REQUIRED, TOL, call, case_id, make_inputs, rel_err,
                    seeded_rng)
 from fastloss import reference
-from fastloss._dispatch import BackendUnavailable, get_backend
+from fastloss._dispatch import BackendUnavailable, get_backend, is_device_array
 from fastloss._specs import ROWS, SPECS
 
 try:
@@ -34,7 +34,7 @@ except BackendUnavailable as exc:
 
 from numba import cuda  # noqa: E402  (after the skip: importing it needs the CUDA target)
 
-SIM = nc._SIM
+SIM = nc.SIM
 ENTRIES = ("loss", "grad", "loss_and_grad")
 
 
@@ -64,7 +64,7 @@ def _split(entry, result):
 
 
 def _host(a):
-    return a.copy_to_host() if nc.is_device_array(a) else np.asarray(a)
+    return a.copy_to_host() if is_device_array(a) else np.asarray(a)
 
 
 def _dev(a):
@@ -129,7 +129,7 @@ def test_device_in_device_out(name, case, dtype, reduction, entry):
         kwargs["grad_output"] = _dev(grad_output) if reduction == "none" else grad_output
     loss, grad = _split(entry, call(name, entry, xd, td, **kwargs))
     for result in (loss, grad):
-        assert result is None or (nc.is_device_array(result) and not isinstance(result, np.ndarray))
+        assert result is None or (is_device_array(result) and not isinstance(result, np.ndarray))
     if loss is not None and reduction == "mean":
         assert loss.shape == ()
     np.testing.assert_array_equal(xd.copy_to_host(), x)
@@ -245,7 +245,7 @@ def test_softmax_xent_label_weighted_mean_on_device():
     y[[1, 6]] = 3
     w = rng.uniform(0.2, 2.0, 5)
     for opts in ({"weight": _dev(w), "ignore_index": 3}, {"ignore_index": 3}, {"weight": w, "label_smoothing": 0.3}):
-        host_opts = {k: (_host(val) if nc.is_device_array(val) else val) for k, val in opts.items()}
+        host_opts = {k: (_host(val) if is_device_array(val) else val) for k, val in opts.items()}
         loss, grad = call("softmax_xent", "loss_and_grad", _dev(x), _dev(y), backend="cuda", **opts)
         _check("softmax_xent", "loss_and_grad", "mean", x, y, host_opts, loss, grad, 1.0, np.float64, seed)
     # everything ignored: 0/0 = NaN for the mean, zero gradient (PyTorch)
@@ -459,19 +459,19 @@ class FakeDevice:  # without a GPU, device functions cannot ask the driver for a
 
 if not cuda.is_available():
     disp.get_current_device = lambda: FakeDevice()
-from fastloss.backends import numba_cuda as m
+from fastloss.backends import cuda_kernels as m
 
 for f in (T.float32, T.float64):
     a1, a2 = T.Array(f, 1, "C"), T.Array(f, 2, "C")
     d1, i1 = T.Array(T.float64, 1, "C"), T.Array(T.int64, 1, "C")
     i, d, b = T.int64, T.float64, T.boolean
-    kernels = [(m._softmax_xent_kernel, (a2, i1, a1, i, d, d, a2, d, d1, i, d1, a1, d1, i)),
-               (m._softmax_xent_probs_kernel, (a2, a2, a1, d, d, a2, d, d1, i, d1, a1, d1, i)),
-               (m._multiclass_hinge_kernel, (a2, i1, a1, d, b, b, a2, d, d1, i, d1, a1, d1, i)),
-               (m._sigmoid_bce_kernel, (a1, a1, a1, a1, a1, d, d1, i, a1, d1)),
-               (m._finish_kernel, (d1, d1, d, a1)),
-               (m._label_weight_kernel, (i1, i, i, a1, d1))]
-    kernels += [(k, (a1, a1, d, d, a1, d, d1, i, a1, d1)) for k in m._ELEMENTWISE.values()]
+    kernels = [(m.softmax_xent_kernel, (a2, i1, a1, i, d, d, a2, d, d1, i, d1, a1, d1, i)),
+               (m.softmax_xent_probs_kernel, (a2, a2, a1, d, d, a2, d, d1, i, d1, a1, d1, i)),
+               (m.multiclass_hinge_kernel, (a2, i1, a1, d, b, b, a2, d, d1, i, d1, a1, d1, i)),
+               (m.sigmoid_bce_kernel, (a1, a1, a1, a1, a1, d, d1, i, a1, d1)),
+               (m.finish_kernel, (d1, d1, d, a1)),
+               (m.label_weight_kernel, (i1, i, i, a1, d1))]
+    kernels += [(k, (a1, a1, d, d, a1, d, d1, i, a1, d1)) for k in m.ELEMENTWISE.values()]
     for kernel, sig in kernels:
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
         assert ".entry" in ptx

@@ -184,7 +184,8 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     """Compute ``entry`` ('loss', 'grad' or 'loss_and_grad') of loss ``spec``."""
     name = resolve(backend, x)
     if name == "cuda":
-        return get_backend("cuda").run(spec, entry, x, target, reduction, grad_output, out, options)
+        from . import _device  # the device road imports Numba: only once a call goes to the GPU
+        return _device.run(spec, entry, x, target, reduction, grad_output, out, options)
     kernels = get_backend(name)
     fast = getattr(kernels, "fast_call", None)
     if fast is not None:  # the common call, checked in compiled code

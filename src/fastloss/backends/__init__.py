@@ -64,6 +64,10 @@ The road's fast step (optional)
     thread below ``small_input`` input elements and on ``num_threads`` from there, and
     ``NotImplemented`` for anything else, which the general road then validates. It must return
     exactly (bitwise) what the general road returns. The hot-loop call (32 x 10) is mostly this.
+
+The ``cuda`` backend (``numba_cuda``, with its kernels in ``cuda_kernels``) takes device arrays
+and keeps its own conventions: ``fastloss._device`` validates and allocates, then calls its
+``launch`` with the kernel name and the loss-specific arguments above.
 """
 
 KERNEL_NAMES = (

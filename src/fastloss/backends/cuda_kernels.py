@@ -1,0 +1,650 @@
+"""The CUDA kernels of the ``cuda`` backend (the same formulas as ``fastloss.reference`` and the
+CPU backends), and the launch geometry they are written for.
+
+* Row losses (``softmax_xent`` with class indices or probabilities, ``multiclass_hinge``): a
+  *segment* of ``width`` threads per row (``width`` a power of two fixed by C alone: the next
+  power of two of C up to a warp for small C, a warp per row up to C = 2048, the whole block
+  above), ``TPB // width`` rows per block, blocks striding over the row groups. Softmax rows
+  are read once for the maximum and the sum of exponentials together (online softmax: each
+  thread keeps ``(m, s)`` and rescales ``s`` when ``m`` grows; the segment merges the pairs in a
+  shared-memory tree) and the gradient is written in the same launch, each thread writing only
+  the entries it read itself and only after the segment's barrier, so ``out=x`` is safe.
+* Elementwise losses: grid-stride loops, one item function per loss (``@cuda.jit(device=True)``).
+* All arithmetic is float64 inside the kernels (float32 inputs are widened on load); gradients
+  are stored in the input dtype.
+* A class label outside ``[0, C)`` that is not ``ignore_index`` is never used as an index: that
+  row's loss and its whole gradient row are NaN, and the row does not count in the mean's
+  denominator. ``hinge`` labels are not checked: a label ``> 0`` is +1, anything else -1.
+
+Deterministic batch reduction: every thread adds its items in a fixed order, each block adds its
+threads in a fixed shared-memory tree (halving strides) and writes one float64 partial sum; a
+second, single-block kernel (``finish_kernel``) adds the partials in the same fixed way and
+writes the 1-element result (dividing by the mean's denominator there). No floating-point
+atomics; the grid size depends on the shape only, so repeats are bitwise identical. The
+denominator of a label-weighted mean (the sum of ``weight[y]`` over rows not ignored) is reduced
+on the device the same way (``label_weight_kernel``) into a 1-element float64 array that the
+gradient kernels read, so ``grad_output / denominator`` is applied without a host round trip.
+
+Under ``NUMBA_ENABLE_CUDASIM=1`` (``SIM``) the same kernels run in Numba's CUDA simulator, with
+8-thread blocks and at most 2 blocks per grid to keep it fast; the code path is the same. Without
+``numba.cuda`` this module still imports (``IMPORT_ERROR`` says why), and nothing here can run.
+"""
+
+import math
+
+import numpy as np
+
+try:
+    import numba
+    from numba import cuda
+
+    IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover - numba without a CUDA target
+    cuda = None
+    IMPORT_ERROR = exc
+
+SIM = cuda is not None and bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
+
+if cuda is None:  # pragma: no cover - keep the module importable; nothing below is ever launched
+    class _NoCuda:
+        @staticmethod
+        def jit(*args, **kwargs):
+            return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    cuda = _NoCuda()
+
+# ---------------------------------------------------------------------------------------------
+# Launch geometry: constants only (never device properties), so results do not depend on the GPU
+# ---------------------------------------------------------------------------------------------
+
+TPB = 8 if SIM else 256  # threads per block (a power of two)
+_MAX_GRID = 2 if SIM else 1024  # blocks per grid at most; kernels stride over the rest
+_WARP = 32
+_BLOCK_PER_ROW_FROM = 2048  # C above this: the whole block works on one row
+
+# The simulator runs kernels as Python: math.exp overflow and 1/0 raise there, NumPy's do not.
+if SIM:
+    _exp, _log, _log1p = np.exp, np.log, np.log1p
+else:
+    _exp, _log, _log1p = math.exp, math.log, math.log1p
+_INF = math.inf
+_NAN = math.nan
+
+
+def row_width(n_classes):
+    """Threads per row: a power of two that depends on C only."""
+    if n_classes > _BLOCK_PER_ROW_FROM:
+        return TPB
+    w = 1
+    while w < n_classes and w < _WARP:
+        w *= 2
+    return min(w, TPB)
+
+
+def grid(n_work):
+    return max(1, min(n_work, _MAX_GRID))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared device helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _tree_sum(sm, tid, lane, width):
+    """sm[seg] = sum of sm[seg:seg + width] in a fixed halving tree (seg = tid - lane).
+    Every thread of the block must call it (it holds barriers)."""
+    cuda.syncthreads()
+    st = width // 2
+    while st > 0:
+        if lane < st:
+            sm[tid] += sm[tid + st]
+        cuda.syncthreads()
+        st //= 2
+
+
+@cuda.jit(device=True)
+def _merge_lse(m1, s1, m2, s2):
+    """(m, s) of two online-softmax states: s = sum exp(x - m) over both."""
+    m = m1 if m1 >= m2 else m2
+    t1 = s1 * _exp(m1 - m) if s1 != 0.0 else s1
+    t2 = s2 * _exp(m2 - m) if s2 != 0.0 else s2
+    return m, t1 + t2
+
+
+@cuda.jit(device=True)
+def _lse_of(m, s):
+    """log(sum exp) from the merged state; a +inf logit gives NaN (as PyTorch), all -inf -inf."""
+    if m == _INF:
+        return _NAN
+    return m + _log(s)
+
+
+@cuda.jit(device=True)
+def _block_partial(sm, acc, partials):
+    """Write this block's fixed-order sum of every thread's ``acc`` to partials[blockIdx]."""
+    tid = cuda.threadIdx.x
+    cuda.syncthreads()  # sm may still be read by the caller's last row group
+    sm[tid] = acc
+    _tree_sum(sm, tid, tid, TPB)
+    if tid == 0:
+        partials[cuda.blockIdx.x] = sm[0]
+
+
+@cuda.jit(device=True)
+def _item_scale(gscale, gs_arr, gs_stride, i, den):
+    gs = gscale
+    if gs_arr.shape[0] > 0:
+        gs = gs * np.float64(gs_arr[i * gs_stride])
+    if den.shape[0] > 0:
+        gs = gs / den[0]
+    return gs
+
+
+# ---------------------------------------------------------------------------------------------
+# Final reduction and the label pre-pass
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def finish_kernel(partials, den, den_host, result):
+    """result[0] = (sum of partials, fixed order) / denominator; one block."""
+    sm = cuda.shared.array(TPB, np.float64)
+    tid = cuda.threadIdx.x
+    acc = np.float64(0.0)
+    for b in range(tid, partials.shape[0], TPB):
+        acc += partials[b]
+    sm[tid] = acc
+    _tree_sum(sm, tid, tid, TPB)
+    if tid == 0:
+        d = den[0] if den.shape[0] > 0 else den_host
+        result[0] = sm[0] / d
+
+
+@cuda.jit
+def label_weight_kernel(labels, n_classes, ignore_index, w, partials):
+    """Partial sums of weight[y] (or 1) over labels that are not ignore_index and in range."""
+    sm = cuda.shared.array(TPB, np.float64)
+    has_w = w.shape[0] > 0
+    acc = np.float64(0.0)
+    for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, labels.shape[0], cuda.gridDim.x * TPB):
+        y = labels[i]
+        if y != ignore_index and y >= 0 and y < n_classes:
+            acc += np.float64(w[y]) if has_w else 1.0
+    _block_partial(sm, acc, partials)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax_xent with class indices
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, gs_stride,
+                         den, loss_out, partials, width):
+    sm_m = cuda.shared.array(TPB, np.float64)
+    sm_s = cuda.shared.array(TPB, np.float64)
+    sm_a = cuda.shared.array(TPB, np.float64)
+    sm_w = cuda.shared.array(TPB, np.float64)
+    tid = cuda.threadIdx.x
+    lane = tid % width
+    seg = tid - lane
+    rows_per_block = TPB // width
+    n = x.shape[0]
+    c = x.shape[1]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    inv_c = 1.0 / c
+    smooth_w = eps != 0.0 and has_w  # sum_j w_j is then reduced with the row (no host sync)
+    acc = np.float64(0.0)
+    n_groups = (n + rows_per_block - 1) // rows_per_block
+    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
+        row = grp * rows_per_block + tid // width
+        status = 3  # 0: compute, 1: ignored, 2: bad label, 3: no row
+        y = 0
+        if row < n:
+            yl = labels[row]
+            if yl == ignore_index:
+                status = 1
+            elif yl < 0 or yl >= c:
+                status = 2
+            else:
+                status = 0
+                y = yl
+        # one pass: online max / sum of exponentials, and sum_j w_j x_j for label smoothing
+        m = -_INF
+        s = np.float64(0.0)
+        sx = np.float64(0.0)
+        sw = np.float64(0.0)
+        xy = np.float64(0.0)
+        wy = np.float64(1.0)
+        if status == 0:
+            xy = np.float64(x[row, y])  # read before any thread writes this row (out=x)
+            if has_w:
+                wy = np.float64(w[y])
+            for j in range(lane, c, width):
+                vj = np.float64(x[row, j])
+                if vj > m:
+                    s = s * _exp(m - vj) + 1.0
+                    m = vj
+                elif vj != -_INF:
+                    s += _exp(vj - m)  # NaN lands here: s becomes NaN
+                if eps != 0.0:
+                    wj = np.float64(w[j]) if has_w else 1.0
+                    sw += wj
+                    if wj != 0.0:
+                        sx += wj * vj
+        sm_m[tid] = m
+        sm_s[tid] = s
+        sm_a[tid] = sx
+        sm_w[tid] = sw
+        cuda.syncthreads()
+        st = width // 2
+        while st > 0:  # one fixed tree for the (m, s) states and the two sums
+            if lane < st:
+                mm, ss = _merge_lse(sm_m[tid], sm_s[tid], sm_m[tid + st], sm_s[tid + st])
+                sm_m[tid] = mm
+                sm_s[tid] = ss
+                sm_a[tid] += sm_a[tid + st]
+                sm_w[tid] += sm_w[tid + st]
+            cuda.syncthreads()
+            st //= 2
+        m = sm_m[seg]
+        s = sm_s[seg]
+        sx = sm_a[seg]
+        w_sum = sm_w[seg] if smooth_w else np.float64(c)
+        loss = np.float64(0.0)
+        lse = np.float64(0.0)
+        if status == 0:
+            lse = _lse_of(m, s)
+            loss = (1.0 - eps) * wy * (lse - xy)
+            if eps != 0.0:
+                loss += eps * inv_c * (w_sum * lse - sx)
+            if z != 0.0:
+                loss += z * wy * lse * lse
+        elif status == 2:
+            loss = _NAN
+        if lane == 0 and status != 3:
+            if has_lo:
+                loss_out[row] = loss
+            acc += loss
+        if write_g and status != 3:
+            if status == 0:
+                gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+                coef = (1.0 - eps) * wy + eps * w_sum * inv_c
+                if z != 0.0:
+                    coef += 2.0 * z * wy * lse
+                a = gs * coef / s
+                if m == _INF:
+                    a = _NAN
+                cs = gs * eps * inv_c
+                for j in range(lane, c, width):
+                    e = _exp(np.float64(x[row, j]) - m)
+                    wj = np.float64(w[j]) if has_w else 1.0
+                    val = e * a - cs * wj
+                    if j == y:
+                        val -= gs * (1.0 - eps) * wy
+                    g[row, j] = val
+            else:
+                fill = 0.0 if status == 1 else _NAN
+                for j in range(lane, c, width):
+                    g[row, j] = fill
+        cuda.syncthreads()  # the segment's leader slot is rewritten by the next group
+    _block_partial(sm_a, acc, partials)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax_xent with probability targets
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gs_arr, gs_stride, den, loss_out,
+                               partials, width):
+    sm_m = cuda.shared.array(TPB, np.float64)
+    sm_s = cuda.shared.array(TPB, np.float64)
+    sm_r = cuda.shared.array(TPB, np.float64)
+    sm_q = cuda.shared.array(TPB, np.float64)
+    tid = cuda.threadIdx.x
+    lane = tid % width
+    seg = tid - lane
+    rows_per_block = TPB // width
+    n = x.shape[0]
+    c = x.shape[1]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    keep = 1.0 - eps
+    add = eps * (1.0 / c)
+    acc = np.float64(0.0)
+    n_groups = (n + rows_per_block - 1) // rows_per_block
+    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
+        row = grp * rows_per_block + tid // width
+        active = row < n
+        m = -_INF
+        s = np.float64(0.0)
+        r = np.float64(0.0)
+        q = np.float64(0.0)
+        if active:
+            for j in range(lane, c, width):
+                vj = np.float64(x[row, j])
+                tj = keep * np.float64(t[row, j]) + add
+                if has_w:
+                    tj *= np.float64(w[j])
+                r += tj
+                if tj != 0.0:
+                    q += tj * vj
+                if vj > m:
+                    s = s * _exp(m - vj) + 1.0
+                    m = vj
+                elif vj != -_INF:
+                    s += _exp(vj - m)
+        sm_m[tid] = m
+        sm_s[tid] = s
+        sm_r[tid] = r
+        sm_q[tid] = q
+        cuda.syncthreads()
+        st = width // 2
+        while st > 0:  # one fixed tree for the (m, s) states and the two sums
+            if lane < st:
+                mm, ss = _merge_lse(sm_m[tid], sm_s[tid], sm_m[tid + st], sm_s[tid + st])
+                sm_m[tid] = mm
+                sm_s[tid] = ss
+                sm_r[tid] += sm_r[tid + st]
+                sm_q[tid] += sm_q[tid + st]
+            cuda.syncthreads()
+            st //= 2
+        m = sm_m[seg]
+        s = sm_s[seg]
+        r = sm_r[seg]
+        q = sm_q[seg]
+        if active:
+            lse = _lse_of(m, s)
+            loss = r * lse - q
+            if z != 0.0:
+                loss += z * r * lse * lse
+            if lane == 0:
+                if has_lo:
+                    loss_out[row] = loss
+                acc += loss
+            if write_g:
+                gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+                coef = r
+                if z != 0.0:
+                    coef += 2.0 * z * r * lse
+                a = gs * coef / s
+                if m == _INF:
+                    a = _NAN
+                for j in range(lane, c, width):
+                    e = _exp(np.float64(x[row, j]) - m)
+                    tj = keep * np.float64(t[row, j]) + add
+                    if has_w:
+                        tj *= np.float64(w[j])
+                    g[row, j] = e * a - gs * tj
+        cuda.syncthreads()
+    _block_partial(sm_q, acc, partials)
+
+
+# ---------------------------------------------------------------------------------------------
+# multiclass_hinge
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit
+def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gscale, gs_arr,
+                             gs_stride, den, loss_out, partials, width):
+    sm_a = cuda.shared.array(TPB, np.float64)
+    sm_b = cuda.shared.array(TPB, np.float64)
+    sm_j = cuda.shared.array(TPB, np.int64)
+    tid = cuda.threadIdx.x
+    lane = tid % width
+    seg = tid - lane
+    rows_per_block = TPB // width
+    n = x.shape[0]
+    c = x.shape[1]
+    has_w = w.shape[0] > 0
+    write_g = g.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    acc = np.float64(0.0)
+    n_groups = (n + rows_per_block - 1) // rows_per_block
+    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
+        row = grp * rows_per_block + tid // width
+        status = 3  # 0: compute, 2: bad label, 3: no row
+        y = 0
+        if row < n:
+            yl = labels[row]
+            if yl < 0 or yl >= c:
+                status = 2
+            else:
+                status = 0
+                y = yl
+        xy = np.float64(0.0)
+        wy = np.float64(1.0)
+        gs = np.float64(0.0)
+        if status == 0:
+            xy = np.float64(x[row, y])  # read before any thread writes this row (out=x)
+            if has_w:
+                wy = np.float64(w[y])
+            gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+        loss = np.float64(0.0)
+        if not crammer_singer:
+            # Weston-Watkins: each lane owns its classes; the true class's slope is -sum(others)
+            f = wy * (1.0 / c)
+            lsum = np.float64(0.0)
+            dsum = np.float64(0.0)
+            if status == 0:
+                for j in range(lane, c, width):
+                    if j != y:
+                        zj = margin - xy + np.float64(x[row, j])
+                        h = zj if not zj <= 0.0 else 0.0  # NaN stays NaN
+                        d = 0.0
+                        if squared:
+                            lsum += h * h
+                            if zj > 0.0:
+                                d = 2.0 * h * f * gs
+                        else:
+                            lsum += h
+                            if zj > 0.0:
+                                d = f * gs
+                        dsum += d
+                        if write_g:
+                            g[row, j] = d  # j != y: x[row, y] stays readable
+            sm_a[tid] = lsum
+            sm_b[tid] = dsum
+            cuda.syncthreads()
+            st = width // 2
+            while st > 0:
+                if lane < st:
+                    sm_a[tid] += sm_a[tid + st]
+                    sm_b[tid] += sm_b[tid + st]
+                cuda.syncthreads()
+                st //= 2
+            if status == 0:
+                loss = sm_a[seg] * f
+                if write_g and lane == 0:
+                    g[row, y] = -sm_b[seg]
+        else:
+            # Crammer-Singer: the first maximal j != y, merged (value, index) in a fixed tree
+            best = -_INF
+            jb = -1
+            nan = 0.0
+            if status == 0:
+                for j in range(lane, c, width):
+                    if j != y:
+                        vj = np.float64(x[row, j])
+                        if vj > best:
+                            best = vj
+                            jb = j
+                        if vj != vj:
+                            nan = 1.0
+            sm_a[tid] = best
+            sm_b[tid] = nan
+            sm_j[tid] = jb
+            cuda.syncthreads()
+            st = width // 2
+            while st > 0:
+                if lane < st:
+                    b2 = sm_a[tid + st]
+                    j2 = sm_j[tid + st]
+                    b1 = sm_a[tid]
+                    j1 = sm_j[tid]
+                    if b2 > b1 or (b2 == b1 and j2 >= 0 and (j1 < 0 or j2 < j1)):
+                        sm_a[tid] = b2
+                        sm_j[tid] = j2
+                    if sm_b[tid + st] > sm_b[tid]:
+                        sm_b[tid] = sm_b[tid + st]
+                cuda.syncthreads()
+                st //= 2
+            if status == 0:
+                best = sm_a[seg]
+                jb = sm_j[seg]
+                zz = margin + best - xy if sm_b[seg] == 0.0 else _NAN
+                if c == 1:  # one class: no j != y, no term (as PyTorch), NaN score or not
+                    zz = -_INF
+                h = zz if not zz <= 0.0 else 0.0
+                d = 0.0
+                if squared:
+                    loss = wy * h * h
+                    if zz > 0.0:
+                        d = 2.0 * h * wy * gs
+                else:
+                    loss = wy * h
+                    if zz > 0.0:
+                        d = wy * gs
+                if write_g:
+                    for j in range(lane, c, width):
+                        val = 0.0
+                        if jb >= 0:
+                            if j == jb:
+                                val = d
+                            elif j == y:
+                                val = -d
+                        g[row, j] = val
+        if status == 2:
+            loss = _NAN
+            if write_g:
+                for j in range(lane, c, width):
+                    g[row, j] = _NAN
+        if lane == 0 and status != 3:
+            if has_lo:
+                loss_out[row] = loss
+            acc += loss
+        cuda.syncthreads()
+    _block_partial(sm_a, acc, partials)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise losses: item functions (loss, d loss / dx) in float64, one grid-stride kernel each
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _sigmoid_bce_item(x, t, w, pw):
+    """w [(1-t) x + (1 + (pw-1) t) log(1 + exp(-x))], stable for any x."""
+    lw = 1.0 + (pw - 1.0) * t
+    if x >= 0.0:
+        e = _exp(-x)
+        loss = (1.0 - t) * x + lw * _log1p(e)
+        sig = 1.0 / (1.0 + e)
+    else:
+        e = _exp(x)  # NaN lands here: NaN out
+        loss = -pw * t * x + lw * _log1p(e)
+        sig = e / (1.0 + e)
+    return w * loss, w * (lw * sig - pw * t)
+
+
+@cuda.jit(device=True)
+def _huber_item(x, t, delta, unused):
+    d = x - t
+    ad = abs(d)
+    loss = 0.5 * d * d if ad <= delta else delta * (ad - 0.5 * delta)
+    gr = delta if d > delta else (-delta if d < -delta else d)
+    return loss, gr
+
+
+@cuda.jit(device=True)
+def _hinge_item(x, t, margin, squared):
+    y = 1.0 if t > 0.0 else -1.0
+    zz = margin - y * x
+    h = zz if not zz <= 0.0 else 0.0
+    if squared != 0.0:
+        return h * h, -2.0 * h * y
+    return h, (-y if zz > 0.0 else 0.0)
+
+
+@cuda.jit(device=True)
+def _mse_item(x, t, unused0, unused1):
+    d = x - t
+    return d * d, 2.0 * d
+
+
+@cuda.jit(device=True)
+def _mae_item(x, t, unused0, unused1):
+    d = x - t
+    s = 1.0 if d > 0.0 else (-1.0 if d < 0.0 else d * 0.0)
+    return abs(d), s
+
+
+@cuda.jit(device=True)
+def _kl_div_item(x, t, log_target, unused):
+    if log_target != 0.0:
+        et = _exp(t)
+        return et * (t - x), -et
+    if t == 0.0:
+        return (0.0 if x == x else x), -t  # no mass, no loss (not 0 * inf); a NaN x stays NaN
+    if t > 0.0:
+        return t * (_log(t) - x), -t
+    return _NAN, -t
+
+
+def _make_elementwise(item):
+    @cuda.jit
+    def kernel(x, t, p0, p1, g, gscale, gs_arr, gs_stride, loss_out, partials):
+        sm = cuda.shared.array(TPB, np.float64)
+        write_g = g.shape[0] > 0
+        has_gs = gs_arr.shape[0] > 0
+        has_lo = loss_out.shape[0] > 0
+        acc = np.float64(0.0)
+        for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
+            loss, d = item(np.float64(x[i]), np.float64(t[i]), p0, p1)
+            if has_lo:
+                loss_out[i] = loss
+            if write_g:
+                gs = gscale * np.float64(gs_arr[i * gs_stride]) if has_gs else gscale
+                g[i] = d * gs
+            acc += loss
+        _block_partial(sm, acc, partials)
+
+    return kernel
+
+
+@cuda.jit
+def sigmoid_bce_kernel(x, t, w, pw, g, gscale, gs_arr, gs_stride, loss_out, partials):
+    sm = cuda.shared.array(TPB, np.float64)
+    n_w = w.shape[0]
+    n_pw = pw.shape[0]
+    write_g = g.shape[0] > 0
+    has_gs = gs_arr.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    acc = np.float64(0.0)
+    for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
+        wi = np.float64(w[i % n_w]) if n_w > 0 else np.float64(1.0)
+        pwi = np.float64(pw[i % n_pw]) if n_pw > 0 else np.float64(1.0)
+        loss, d = _sigmoid_bce_item(np.float64(x[i]), np.float64(t[i]), wi, pwi)
+        if has_lo:
+            loss_out[i] = loss
+        if write_g:
+            gs = gscale * np.float64(gs_arr[i * gs_stride]) if has_gs else gscale
+            g[i] = d * gs
+        acc += loss
+    _block_partial(sm, acc, partials)
+
+
+ELEMENTWISE = {
+    "huber": _make_elementwise(_huber_item),
+    "hinge": _make_elementwise(_hinge_item),
+    "mse": _make_elementwise(_mse_item),
+    "mae": _make_elementwise(_mae_item),
+    "kl_div": _make_elementwise(_kl_div_item),
+}
