@@ -243,11 +243,10 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
                                        _dispatch.get_backend("numpy"))[0]
     for k, val in dev_opts.items():
         w_v = _contiguous(val, k)[1]
-        _real_dtype(spec, k, w_v)
+        v.check_real(spec, k, w_v)
         shape = tuple(w_v.shape)
         if rows:
-            if shape != (x_shape[-1],):
-                raise ValueError(f"{spec.name}: {k} must have shape ({x_shape[-1]},) (one per class), got {shape}")
+            v.check_class_weight_shape(spec, k, shape, x_shape)
         elif len(shape) > len(x_shape) or shape != x_shape[len(x_shape) - len(shape):] or not shape:
             raise ValueError(f"{spec.name}: a device {k} must have a trailing shape of the input shape "
                              f"{x_shape} (element i uses {k}[i % size]), got {shape}; broadcast it on the "
@@ -259,7 +258,7 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     gs_stride = 1
     if entry == "grad" and is_device_array(grad_output):
         gs_v = _contiguous(grad_output, "grad_output")[1]
-        _real_dtype(spec, "grad_output", gs_v)
+        v.check_real(spec, "grad_output", gs_v)
         if gs_v.size == 1:
             gs_stride = 0
         elif reduction != "none" or tuple(gs_v.shape) != tuple(item_shape):
@@ -278,16 +277,8 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
         if not is_device_array(out):
             raise TypeError(f"{spec.name}: out must be a device array for device inputs, got {type(out).__name__}")
         out_v = _view(out)
-        what = "gradient" if want_grad else "unreduced loss"
-        shape = x_shape if want_grad else tuple(item_shape)
-        if not want_grad and reduction != "none":
-            raise ValueError(f"{spec.name}: out receives the unreduced loss; pass it only with reduction='none'")
-        if np.dtype(out_v.dtype) != dtype:
-            raise TypeError(f"{spec.name}: out must have dtype {dtype} (the {what}), got {out_v.dtype}")
-        if tuple(out_v.shape) != shape:
-            raise ValueError(f"{spec.name}: out must have shape {shape} (the {what}), got {tuple(out_v.shape)}")
-        if not out_v.is_c_contiguous():
-            raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out_v.strides}")
+        what = v.out_role(spec, entry, reduction)
+        v.check_out_form(spec, out_v, out_v.is_c_contiguous(), dtype, x_shape if want_grad else item_shape, what)
         others = [(spec.target_name, None if t_host else t_v)] + [(k, opts.get(k)) for k in dev_opts]
         if not want_grad or _span(out_v)[0] != _span(x_v)[0]:  # the gradient may overwrite x exactly
             others.append((spec.input_name, x_v))
@@ -321,12 +312,6 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
         return grad
     value = loss_arr if reduction == "none" else res.reshape(())
     return value if entry == "loss" else (value, grad)
-
-
-def _real_dtype(spec, name, view):
-    """A device array's dtype must be real (read by its metadata: nothing is copied)."""
-    if np.dtype(view.dtype).kind not in "biuf":
-        raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {view.dtype}")
 
 
 def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gs_arr, gs_stride, grad, loss_out, result, x_shape):

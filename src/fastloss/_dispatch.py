@@ -139,13 +139,12 @@ def prepare(spec, entry, x, target, reduction, grad_output, out, options, checks
     if entry == "grad":
         gscale, gscale_arr = v.check_grad_output(spec, grad_output, reduction, item_shape)
     if out is not None:
+        what = v.out_role(spec, entry, reduction)
         readonly = [(spec.target_name, target)] + [(k, opts[k]) for k in ("weight", "pos_weight") if k in opts]
-        if entry != "loss":
-            out = v.check_out(spec, out, x.shape, dtype, "gradient", readonly, alias=(spec.input_name, x))
-        elif reduction == "none":
-            out = v.check_out(spec, out, item_shape, dtype, "unreduced loss", readonly + [(spec.input_name, x)])
+        if what == "gradient":
+            out = v.check_out(spec, out, x.shape, dtype, what, readonly, alias=(spec.input_name, x))
         else:
-            raise ValueError(f"{spec.name}: out receives the unreduced loss; pass it only with reduction='none'")
+            out = v.check_out(spec, out, item_shape, dtype, what, readonly + [(spec.input_name, x)])
 
     x_flat = np.ascontiguousarray(x, dtype=dtype)
     x_flat = x_flat.reshape(n_items, x.shape[-1]) if rows else x_flat.reshape(-1)

@@ -99,18 +99,27 @@ def _int64(spec, name, value):
     return value
 
 
+def check_real(spec, name, arr):
+    """``arr`` (host or device array) has a real dtype (read from its metadata)."""
+    if np.dtype(arr.dtype).kind not in "biuf":
+        raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {arr.dtype}")
+
+
+def check_class_weight_shape(spec, name, shape, x_shape):
+    if tuple(shape) != (x_shape[-1],):
+        raise ValueError(f"{spec.name}: {name} must have shape ({x_shape[-1]},) (one per class), got {tuple(shape)}")
+
+
 def _float_array(spec, name, value, dtype):
     """``value`` as a ``dtype`` array of its own shape (0-d stays 0-d: no ascontiguousarray)."""
     arr = np.asarray(value)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {arr.dtype}")
+    check_real(spec, name, arr)
     return np.asarray(arr, dtype=dtype)
 
 
 def _class_weight(spec, name, value, x_shape, dtype):
     w = _float_array(spec, name, value, dtype)
-    if w.shape != (x_shape[-1],):
-        raise ValueError(f"{spec.name}: {name} must have shape ({x_shape[-1]},) (one per class), got {w.shape}")
+    check_class_weight_shape(spec, name, w.shape, x_shape)
     return np.ascontiguousarray(w)
 
 
@@ -222,13 +231,8 @@ def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
     they write its gradient, which is safe only for that exact alias."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{spec.name}: out must be a NumPy array (it receives the {what}), got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"{spec.name}: out must have dtype {dtype} (the {what}), got {out.dtype}")
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{spec.name}: out must have shape {tuple(shape)} (the {what}), got {tuple(out.shape)}")
     flags = out.flags
-    if not flags.c_contiguous:
-        raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
+    check_out_form(spec, out, flags.c_contiguous, dtype, shape, what)
     if not flags.writeable:
         raise ValueError(f"{spec.name}: out is read-only")
     if alias is not None and np.may_share_memory(out, alias[1]) and not same_memory(out, alias[1]):
@@ -237,6 +241,26 @@ def check_out(spec, out, shape, dtype, what, inputs=(), alias=None):
         if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
             raise ValueError(out_overlap_message(spec, name))
     return out
+
+
+def out_role(spec, entry, reduction):
+    """What ``out`` receives: the 'gradient', or the 'unreduced loss' of the loss entry with
+    reduction 'none'; raises for the loss entry with another reduction."""
+    if entry != "loss":
+        return "gradient"
+    if reduction == "none":
+        return "unreduced loss"
+    raise ValueError(f"{spec.name}: out receives the unreduced loss; pass it only with reduction='none'")
+
+
+def check_out_form(spec, out, c_contiguous, dtype, shape, what):
+    """``out`` (host or device array) has ``dtype`` and ``shape`` and is C-contiguous."""
+    if np.dtype(out.dtype) != dtype:
+        raise TypeError(f"{spec.name}: out must have dtype {dtype} (the {what}), got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{spec.name}: out must have shape {tuple(shape)} (the {what}), got {tuple(out.shape)}")
+    if not c_contiguous:
+        raise ValueError(f"{spec.name}: out must be C-contiguous, got strides {out.strides}")
 
 
 def out_overlap_message(spec, name):
