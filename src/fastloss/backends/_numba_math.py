@@ -22,6 +22,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
+from . import _items
+
 __all__ = [
     "fexp",
     "flog",
@@ -866,40 +868,34 @@ def sigmoid_bce_item(x, t, w, pw):
     return np.float64(loss), np.float64(d)
 
 
+# the arithmetic items, written once with the CUDA backend's (_items): the kernels' (x, t, p0, p1)
+# forms, and the public ones of fastloss.numba
+huber4, hinge4, mse4, mae4 = (njit(inline=_INLINE, **_HELPER)(f) for f in (
+    _items.huber, _items.hinge, _items.mse, _items.mae))
+
+
 @njit(**_HELPER)
 def huber_item(x, t, delta):
     """0.5 d**2 if |d| <= delta else delta (|d| - delta/2), d = x - t; gradient clip(d)."""
-    d = np.float64(x) - np.float64(t)
-    ad = abs(d)
-    loss = 0.5 * d * d if ad <= delta else delta * (ad - 0.5 * delta)
-    gr = delta if d > delta else (-delta if d < -delta else d)
-    return loss, gr
+    return huber4(x, t, delta, 0.0)
 
 
 @njit(**_HELPER)
 def hinge_item(x, t, margin, squared):
     """max(0, margin - y x), y = +1 if t > 0 else -1; squared if asked; slope 0 at the kink."""
-    y = 1.0 if t > 0 else -1.0
-    zz = margin - y * np.float64(x)
-    h = zz if not zz <= 0.0 else 0.0
-    if squared:
-        return h * h, -2.0 * h * y
-    return h, (-y if zz > 0.0 else 0.0)
+    return hinge4(x, t, margin, squared)
 
 
 @njit(**_HELPER)
 def mse_item(x, t):
     """(x - t)**2."""
-    d = np.float64(x) - np.float64(t)
-    return d * d, 2.0 * d
+    return mse4(x, t, 0.0, 0.0)
 
 
 @njit(**_HELPER)
 def mae_item(x, t):
     """|x - t|; gradient sign(x - t) with sign(0) = 0."""
-    d = np.float64(x) - np.float64(t)
-    s = 1.0 if d > 0.0 else (-1.0 if d < 0.0 else d * 0.0)
-    return abs(d), s
+    return mae4(x, t, 0.0, 0.0)
 
 
 @njit(inline=_INLINE, **_HELPER)

@@ -34,6 +34,8 @@ import math
 
 import numpy as np
 
+from . import _items
+
 try:
     import numba
     from numba import cuda
@@ -554,36 +556,9 @@ def _sigmoid_bce_item(x, t, w, pw):
     return w * loss, w * (lw * sig - pw * t)
 
 
-@cuda.jit(device=True)
-def _huber_item(x, t, delta, unused):
-    d = x - t
-    ad = abs(d)
-    loss = 0.5 * d * d if ad <= delta else delta * (ad - 0.5 * delta)
-    gr = delta if d > delta else (-delta if d < -delta else d)
-    return loss, gr
-
-
-@cuda.jit(device=True)
-def _hinge_item(x, t, margin, squared):
-    y = 1.0 if t > 0.0 else -1.0
-    zz = margin - y * x
-    h = zz if not zz <= 0.0 else 0.0
-    if squared != 0.0:
-        return h * h, -2.0 * h * y
-    return h, (-y if zz > 0.0 else 0.0)
-
-
-@cuda.jit(device=True)
-def _mse_item(x, t, unused0, unused1):
-    d = x - t
-    return d * d, 2.0 * d
-
-
-@cuda.jit(device=True)
-def _mae_item(x, t, unused0, unused1):
-    d = x - t
-    s = 1.0 if d > 0.0 else (-1.0 if d < 0.0 else d * 0.0)
-    return abs(d), s
+# the arithmetic items, written once with the CPU backend's (_items)
+_huber_item, _hinge_item, _mse_item, _mae_item = (cuda.jit(device=True)(f) for f in (
+    _items.huber, _items.hinge, _items.mse, _items.mae))
 
 
 @cuda.jit(device=True)

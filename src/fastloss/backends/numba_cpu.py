@@ -737,34 +737,14 @@ def _make_elementwise(item, native=False):
 
 
 @njit(inline="always")
-def _huber2(x, t, delta, unused):
-    return fm.huber_item(x, t, delta)
-
-
-@njit(inline="always")
-def _hinge2(x, t, margin, squared):
-    return fm.hinge_item(x, t, margin, squared)
-
-
-@njit(inline="always")
-def _mse2(x, t, a, b):
-    return fm.mse_item(x, t)
-
-
-@njit(inline="always")
-def _mae2(x, t, a, b):
-    return fm.mae_item(x, t)
-
-
-@njit(inline="always")
 def _kl_div2(x, t, log_target, unused):
     return fm._kl_div_x(x, t, log_target)
 
 
-_huber_k = _make_elementwise(_huber2)
-_hinge_k = _make_elementwise(_hinge2)
-_mse_k = _make_elementwise(_mse2)
-_mae_k = _make_elementwise(_mae2)
+_huber_k = _make_elementwise(fm.huber4)
+_hinge_k = _make_elementwise(fm.hinge4)
+_mse_k = _make_elementwise(fm.mse4)
+_mae_k = _make_elementwise(fm.mae4)
 _kl_div_k = _make_elementwise(_kl_div2, native=True)
 
 
