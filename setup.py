@@ -31,11 +31,15 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = "kernels"
-SOURCES_DEPENDS = [
-    os.path.join(KERNELS, name)
-    for name in ("_simd.h", "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi", "multiclass_hinge.pxi",
-                 "fast_call.pxi", "_kernels.pyx")
-] + [os.path.join("src", "fastloss", "formulas.pxd")]
+# the headers cimport users compile against too ship in the package, in src/fastloss/include; they
+# are included as "fastloss/include/fl_*.h" from "src" (from fastloss.get_include() once installed)
+SOURCES_DEPENDS = (
+    [os.path.join(KERNELS, name) for name in ("fl_stream.h", "fl_rows.h", "fl_lanes.h", "fl_elementwise.h",
+                                               "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi",
+                                               "multiclass_hinge.pxi", "fast_call.pxi", "_kernels.pyx")]
+    + [os.path.join("src", "fastloss", "include", name) for name in ("fl_platform.h", "fl_vecmath.h", "fl_formulas.h")]
+    + [os.path.join("src", "fastloss", "formulas.pxd")]
+)
 
 OPENMP_TEST = r"""
 #include <omp.h>
@@ -129,7 +133,7 @@ class BuildExt(build_ext):
             # -O3 vectorises the lane loops; never -ffast-math (it breaks NaN/inf semantics).
             # -fno-math-errno / -fno-trapping-math change no result, they only free the vectoriser.
             # -ffp-contract=off: no implicit a*b+c -> fma (it changes results such as w*lse - w*x,
-            # which must be exactly 0 where the reference's is); _simd.h asks for fma explicitly
+            # which must be exactly 0 where the reference's is); fl_vecmath.h asks for fma explicitly
             # in its polynomials (FL_FMA), where it only adds accuracy.
             base = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math",
                                                 "-ffp-contract=off"]
@@ -180,7 +184,7 @@ def _extensions():
     import numpy
 
     # the fast call (kernels/fast_call.pxi) reads arrays through NumPy's C API
-    common = dict(include_dirs=[KERNELS, numpy.get_include()], depends=SOURCES_DEPENDS,
+    common = dict(include_dirs=[KERNELS, "src", numpy.get_include()], depends=SOURCES_DEPENDS,
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     baseline = Extension("fastloss._kernels", [os.path.join(KERNELS, "_kernels.pyx")], **common)
     exts = [baseline]

@@ -1,17 +1,20 @@
-# Shared pieces of every kernel: the C row primitives (_simd.h), pointer helpers and the
-# deterministic blocking of items.
+# Shared pieces of every kernel: the C headers' declarations, their fused front-ends, pointer
+# helpers and the deterministic blocking of items. The formulas come from fastloss.formulas
+# (fastloss/include/fl_formulas.h).
 
-cdef extern from "_simd.h" nogil:
-    float fl_expf(float x)
+cdef extern from "fastloss/include/fl_platform.h":
+    int FL_HAVE_OPENMP
+    const char* FL_ISA_NAME
+    int fl_cpu_has_avx2_fma()
+    int fl_cpu_has_avx512()
+
+cdef extern from "fastloss/include/fl_vecmath.h" nogil:
     double fl_exp(double x)
     float fl_expf_nonpos(float x)
     double fl_exp_nonpos(double x)
     double fl_log(double x)
-    float fl_row_max_f(const float* x, Py_ssize_t n)
-    double fl_row_max_d(const double* x, Py_ssize_t n)
-    double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift, const float* pf)
-    double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift, const double* pf)
-    void fl_row_scale_f(float* g, Py_ssize_t n, float k)
+
+cdef extern from "fl_stream.h" nogil:
     ctypedef struct fl_streamer:
         pass
     void fl_streamer_begin_f(fl_streamer* s, float* dst)
@@ -26,6 +29,13 @@ cdef extern from "_simd.h" nogil:
     void fl_streamer_end_d(fl_streamer* s)
     void fl_sfence()
     void prefetch_l1 "fl_prefetch_l1"(const void* p, Py_ssize_t bytes)
+
+cdef extern from "fl_rows.h" nogil:
+    float fl_row_max_f(const float* x, Py_ssize_t n)
+    double fl_row_max_d(const double* x, Py_ssize_t n)
+    double fl_row_expsum_f(const float* x, float* g, Py_ssize_t n, float shift, const float* pf)
+    double fl_row_expsum_d(const double* x, double* g, Py_ssize_t n, double shift, const double* pf)
+    void fl_row_scale_f(float* g, Py_ssize_t n, float k)
     void fl_row_scale_d(double* g, Py_ssize_t n, double k)
     void fl_row_scale_sub_f(float* g, Py_ssize_t n, float k, const float* w, float k2)
     void fl_row_scale_sub_d(double* g, Py_ssize_t n, double k, const double* w, double k2)
@@ -33,22 +43,29 @@ cdef extern from "_simd.h" nogil:
     double fl_row_sum_d(const double* x, Py_ssize_t n)
     double fl_row_dot_f(const float* w, const float* x, Py_ssize_t n)
     double fl_row_dot_d(const double* w, const double* x, Py_ssize_t n)
+
+cdef extern from "fl_lanes.h" nogil:
+    enum: FL_LANES
+    enum: FL_LANES_C
+    void fl_lanes_load_f(const float* xb, Py_ssize_t C, Py_ssize_t R, float* t, float* m)
+    void fl_lanes_load_d(const double* xb, Py_ssize_t C, Py_ssize_t R, double* t, double* m)
+    void fl_lanes_store_f(const float* t, Py_ssize_t C, Py_ssize_t R, float* gb)
+    void fl_lanes_store_d(const double* t, Py_ssize_t C, Py_ssize_t R, double* gb)
+
+cdef extern from "fl_elementwise.h" nogil:
+    ctypedef enum EwKind "fl_ew_kind":
+        EW_SIGMOID_BCE "FL_EW_SIGMOID_BCE"
+        EW_HUBER "FL_EW_HUBER"
+        EW_HINGE "FL_EW_HINGE"
+        EW_MSE "FL_EW_MSE"
+        EW_MAE "FL_EW_MAE"
+        EW_KL_DIV "FL_EW_KL_DIV"
     double fl_ew_block_f(int kind, const float* x, const float* t, const float* w, const float* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
                          float* g, double gscale, const double* gsa, float* lo, int stream)
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
                          double* g, double gscale, const double* gsa, double* lo, int stream)
-    void fl_lanes_load_f(const float* xb, Py_ssize_t C, Py_ssize_t R, float* t, float* m)
-    void fl_lanes_load_d(const double* xb, Py_ssize_t C, Py_ssize_t R, double* t, double* m)
-    void fl_lanes_store_f(const float* t, Py_ssize_t C, Py_ssize_t R, float* gb)
-    void fl_lanes_store_d(const double* t, Py_ssize_t C, Py_ssize_t R, double* gb)
-    enum: FL_LANES
-    enum: FL_LANES_C
-    int FL_HAVE_OPENMP
-    const char* FL_ISA_NAME
-    int fl_cpu_has_avx2_fma()
-    int fl_cpu_has_avx512()
 
 
 # ---- fused front-ends of the C row primitives ---------------------------------------------------
@@ -84,7 +101,7 @@ cdef inline void row_scale_sub(floating* g, Py_ssize_t n, double k, const floati
 
 
 cdef inline void streamer_begin(fl_streamer* st, floating* dst) noexcept nogil:
-    """Start streaming a contiguous region at dst (see _simd.h: full 64-byte lines, non-temporal)."""
+    """Start streaming a contiguous region at dst (see fl_stream.h: full 64-byte lines, non-temporal)."""
     if floating is float:
         fl_streamer_begin_f(st, dst)
     else:

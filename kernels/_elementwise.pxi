@@ -1,17 +1,8 @@
 # The elementwise losses share one driver: a block function that runs one loss's item formula
-# over a range of elements. The loops live in _simd.h (fl_ew_block_*): branch-free versions of the
-# fastloss/formulas.pxd item formulas that gcc vectorises, with vectorised exp/log and the block's
-# losses summed in 8 fixed double lanes. Items are computed in double (float32 inputs are widened
-# exactly), the gradient is rounded once.
-
-cdef enum EwKind:
-    EW_SIGMOID_BCE
-    EW_HUBER
-    EW_HINGE
-    EW_MSE
-    EW_MAE
-    EW_KL_DIV
-
+# over a range of elements. The loops live in fl_elementwise.h (fl_ew_block_*): vectorised loops
+# over the item formulas of fl_formulas.h, the block's losses summed in fixed double lanes. Items
+# are computed in double (float32 inputs are widened exactly; for them sigmoid_bce and kl_div use
+# the float variants of fl_formulas.h), the gradient is rounded once.
 
 cdef enum:
     EW_BLOCK_MIN = 1024
@@ -27,7 +18,6 @@ cdef inline double _ew_block(EwKind kind, const floating* x, const floating* t, 
                              const floating* pw, EwParams prm, Py_ssize_t start, Py_ssize_t stop,
                              floating* g, double gscale, const double* gsa, floating* lo,
                              bint stream) noexcept nogil:
-    # the vectorised C loops of _simd.h (branch-free copies of the formulas.pxd item formulas)
     if floating is float:
         return fl_ew_block_f(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
                              g, gscale, gsa, lo, stream)

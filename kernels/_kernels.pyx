@@ -15,9 +15,8 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport exp, log, isfinite, INFINITY, NAN
 
 from fastloss.formulas cimport (
-    log1pexp, sigmoid, relu_keep_nan, sigmoid_bce_item, huber_item, hinge_item, mse_item,
-    mae_item, kl_div_item, softmax_xent_loss, softmax_xent_coef, softmax_xent_grad_y, softmax_xent_probs_loss,
-    hinge_power_grad,
+    relu_keep_nan, hinge_power_grad, softmax_xent_loss, softmax_xent_coef, softmax_xent_grad_y,
+    softmax_xent_probs_loss,
 )
 
 include "_common.pxi"

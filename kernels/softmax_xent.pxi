@@ -168,6 +168,7 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
                 t[c * LANES + l] = e
                 s[l] += e
         for l in range(LANES):
+            # fl_log where _softmax_xent_rows has libm's log: it vectorises across the lanes
             lse[l] = shf[l] + fl_log(s[l])
         for l in range(LANES):
             ey[l] = t[yc[l] * LANES + l]   # e_y as summed into s: p_y - 1 = (e_y - s) / s exactly

@@ -40,8 +40,8 @@ SETUP = textwrap.dedent('''
     from Cython.Build import cythonize
     import fastloss
     flags = [] if sys.platform == "win32" else ["-fopenmp"]
-    setup(ext_modules=cythonize([Extension("user_ext", ["user_ext.pyx"], extra_compile_args=flags,
-                                           extra_link_args=flags)],
+    setup(ext_modules=cythonize([Extension("user_ext", ["user_ext.pyx"], include_dirs=[fastloss.get_include()],
+                                           extra_compile_args=flags, extra_link_args=flags)],
                                 include_path=[fastloss.get_include()]),
           script_args=["build_ext", "--inplace", "-q"])
 ''')
@@ -64,8 +64,8 @@ def user_ext(tmp_path_factory):
         sys.path.remove(str(folder))
 
 
-def test_get_include_holds_the_pxd_files():
-    for name in ("formulas.pxd", "rows.pxd"):
+def test_get_include_holds_the_pxd_files_and_the_formulas_header():
+    for name in ("formulas.pxd", "rows.pxd", os.path.join("include", "fl_formulas.h")):
         assert os.path.exists(os.path.join(fastloss.get_include(), "fastloss", name))
 
 

@@ -7,17 +7,11 @@ Every loss has three entry points, e.g. ``softmax_xent``, ``softmax_xent_grad`` 
 from ._api import public_functions as _public_functions
 from ._config import show_config
 from ._dispatch import BackendUnavailable
+from ._include import get_include
 from ._specs import SPECS as _SPECS
 from ._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
-
-
-def get_include():
-    """The directory to add to Cython's include path to ``cimport fastloss.formulas`` and
-    ``fastloss.rows`` (the nogil item and row kernels) from another extension."""
-    import os
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 _functions = _public_functions()

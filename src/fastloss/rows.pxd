@@ -6,8 +6,8 @@
 Call them inside your own ``prange``: each touches only its own row. They are built from the
 formulas of ``fastloss.formulas`` (the same ones the compiled kernels use) and follow
 ``fastloss.reference``: -inf logits are masks, a +inf logit or a NaN makes the row NaN.
-Build with ``include_path=[fastloss.get_include()]`` (or let Cython find the package on
-sys.path).
+Build as ``fastloss.formulas`` says: ``include_path`` and ``include_dirs`` both
+``[fastloss.get_include()]``.
 """
 
 from libc.math cimport exp, log, INFINITY

@@ -1,0 +1,126 @@
+/* fastloss: how the kernels move memory. Software prefetches, and non-temporal ("streaming")
+ * stores: the gradient of a large problem is written once and not read again by the kernel, so
+ * it bypasses the cache (no read-for-ownership of the destination lines: 2 memory streams per
+ * element instead of 3, as memcpy does). Unaligned head and tail elements get plain stores.
+ * fl_sfence() orders them before the kernel returns. */
+#ifndef FASTLOSS_STREAM_H
+#define FASTLOSS_STREAM_H
+
+#include "fastloss/include/fl_platform.h"
+
+/* items per chunk of a row staged in a stack buffer (stays in L1) */
+#define FL_BLK 256
+
+/* x86-64: the SSE/AVX intrinsics; elsewhere no-op hints and plain stores */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <immintrin.h>
+/* a software prefetch into L2 of every 64-byte line of [p, p + bytes) (never faults) */
+FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) {
+    for (ptrdiff_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T1);
+}
+/* the same into L1 (a short distance ahead of a stream of items) */
+FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) {
+    for (ptrdiff_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T0);
+}
+FL_INLINE void fl_sfence(void) { _mm_sfence(); }
+FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) {
+    ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + 16 <= n; k += 16) _mm512_stream_ps(dst + k, _mm512_loadu_ps(src + k));
+#elif defined(__AVX__)
+    for (; k + 8 <= n; k += 8) _mm256_stream_ps(dst + k, _mm256_loadu_ps(src + k));
+#else
+    for (; k + 4 <= n; k += 4) _mm_stream_ps(dst + k, _mm_loadu_ps(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) {
+    ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + 8 <= n; k += 8) _mm512_stream_pd(dst + k, _mm512_loadu_pd(src + k));
+#elif defined(__AVX__)
+    for (; k + 4 <= n; k += 4) _mm256_stream_pd(dst + k, _mm256_loadu_pd(src + k));
+#else
+    for (; k + 2 <= n; k += 2) _mm_stream_pd(dst + k, _mm_loadu_pd(src + k));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
+#else
+FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
+FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
+FL_INLINE void fl_sfence(void) {}
+FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
+FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
+#endif
+
+/* ---- streaming a contiguous region ---------------------------------------------------------
+ * The gradient rows of a block of rows form one contiguous region, written once and never read
+ * back: fl_streamer_put_SUF appends values to it (a row at a time) with non-temporal stores of
+ * whole 64-byte lines, carrying a line's first values over to the next call, so rows of any
+ * length give aligned, full-line streams (no read for ownership: 2 memory streams per element
+ * instead of 3). The region's partial first and last lines get plain stores (they may share a
+ * line with another block's region). fl_streamer_end_SUF writes the carried values; the
+ * caller then issues fl_sfence() before the data is read by anyone. */
+#define FL_LINE_ITEMS(T) ((ptrdiff_t)(64 / sizeof(T)))
+typedef union {  /* one type for both element types (the Cython side is generic over them) */
+    struct { float* d; ptrdiff_t head, pn; float pend[16]; } f;
+    struct { double* d; ptrdiff_t head, pn; double pend[8]; } d;
+} fl_streamer;
+
+#define FL_STREAMER(T, SUF)                                                                        \
+static inline void fl_streamer_begin_##SUF(fl_streamer* s, T* dst) {                              \
+    s->SUF.d = dst;                                                                               \
+    s->SUF.pn = 0;                                                                                \
+    s->SUF.head = (ptrdiff_t)(((64 - ((uintptr_t)dst & 63)) & 63) / sizeof(T));                   \
+    if (((uintptr_t)dst & (sizeof(T) - 1)) != 0) s->SUF.head = PTRDIFF_MAX; /* misaligned: plain */ \
+}                                                                                                 \
+static inline void fl_streamer_put_##SUF(fl_streamer* s, const T* src, ptrdiff_t n) {              \
+    /* pend holds the values of [d - pn, d), the start of a line (pn > 0 only after the head) */  \
+    const ptrdiff_t L = FL_LINE_ITEMS(T);                                                         \
+    ptrdiff_t j = 0, k, q;                                                                        \
+    for (; j < n && s->SUF.head > 0; j++, s->SUF.head--) *s->SUF.d++ = src[j];                    \
+    if (j < n && s->SUF.pn > 0) {                                                                 \
+        k = L - s->SUF.pn < n - j ? L - s->SUF.pn : n - j;                                        \
+        for (q = 0; q < k; q++) s->SUF.pend[s->SUF.pn + q] = src[j + q];                          \
+        s->SUF.pn += k;                                                                           \
+        s->SUF.d += k;                                                                            \
+        j += k;                                                                                   \
+        if (s->SUF.pn == L) {                                                                     \
+            fl_stream_##SUF(s->SUF.d - L, s->SUF.pend, L);                                        \
+            s->SUF.pn = 0;                                                                        \
+        }                                                                                         \
+    }                                                                                             \
+    k = (n - j) - (n - j) % L;                                                                    \
+    if (k > 0) {                                                                                  \
+        fl_stream_##SUF(s->SUF.d, src + j, k);                                                    \
+        s->SUF.d += k;                                                                            \
+        j += k;                                                                                   \
+    }                                                                                             \
+    for (; j < n; j++) {                                                                          \
+        s->SUF.pend[s->SUF.pn++] = src[j];                                                        \
+        s->SUF.d++;                                                                               \
+    }                                                                                             \
+}                                                                                                 \
+static inline void fl_streamer_put_scaled_##SUF(fl_streamer* s, const T* e, ptrdiff_t n, T k,      \
+                                                const T* w, T k2, ptrdiff_t y, T gy) {            \
+    /* appends e_j k - w_j k2 (w NULL: - k2), with gy in place of item y, a chunk at a time */    \
+    T buf[FL_BLK];                                                                                \
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += FL_BLK) {                                                \
+        ptrdiff_t m = n - j0 < FL_BLK ? n - j0 : FL_BLK, q;                                       \
+        const T* es = e + j0;                                                                     \
+        if (k2 == 0) { for (q = 0; q < m; q++) buf[q] = es[q] * k; }                              \
+        else if (w == NULL) { for (q = 0; q < m; q++) buf[q] = es[q] * k - k2; }                  \
+        else { const T* ws = w + j0; for (q = 0; q < m; q++) buf[q] = es[q] * k - ws[q] * k2; }   \
+        if (y >= j0 && y < j0 + m) buf[y - j0] = gy;                                              \
+        fl_streamer_put_##SUF(s, buf, m);                                                         \
+    }                                                                                             \
+}                                                                                                 \
+static inline void fl_streamer_end_##SUF(fl_streamer* s) {                                        \
+    for (ptrdiff_t q = 0; q < s->SUF.pn; q++) s->SUF.d[q - s->SUF.pn] = s->SUF.pend[q];           \
+    s->SUF.pn = 0;                                                                                \
+}
+
+FL_STREAMER(float, f)
+FL_STREAMER(double, d)
+
+#endif /* FASTLOSS_STREAM_H */
