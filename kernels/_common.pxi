@@ -62,10 +62,10 @@ cdef extern from "fl_elementwise.h" nogil:
         EW_KL_DIV "FL_EW_KL_DIV"
     double fl_ew_block_f(int kind, const float* x, const float* t, const float* w, const float* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
-                         float* g, double gscale, const double* gsa, float* lo, int stream)
+                         float* g, double gscale, const double* gscale_arr, float* lo, int stream)
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
                          Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
-                         double* g, double gscale, const double* gsa, double* lo, int stream)
+                         double* g, double gscale, const double* gscale_arr, double* lo, int stream)
 
 
 # ---- fused front-ends of the C row primitives ---------------------------------------------------

@@ -16,14 +16,14 @@ cdef struct EwParams:
 
 cdef inline double _ew_block(EwKind kind, const floating* x, const floating* t, const floating* w,
                              const floating* pw, EwParams prm, Py_ssize_t start, Py_ssize_t stop,
-                             floating* g, double gscale, const double* gsa, floating* lo,
+                             floating* g, double gscale, const double* gscale_arr, floating* lo,
                              bint stream) noexcept nogil:
     if floating is float:
         return fl_ew_block_f(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
-                             g, gscale, gsa, lo, stream)
+                             g, gscale, gscale_arr, lo, stream)
     else:
         return fl_ew_block_d(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
-                             g, gscale, gsa, lo, stream)
+                             g, gscale, gscale_arr, lo, stream)
 
 
 cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1] t,
@@ -38,7 +38,7 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
     cdef const floating* pwp = NULL
     cdef floating* gp = NULL
     cdef floating* lp = NULL
-    cdef const double* gsa = NULL
+    cdef const double* gscale_ptr = NULL
     if t.shape[0] != n:
         raise ValueError(f"elementwise loss: {t.shape[0]} targets for {n} inputs")
     if weight is not None and weight.shape[0] != n:
@@ -64,15 +64,15 @@ cdef double _elementwise(EwKind kind, const floating[::1] x, const floating[::1]
     if loss_out is not None:
         lp = &loss_out[0]
     if gscale_arr is not None:
-        gsa = &gscale_arr[0]
+        gscale_ptr = &gscale_arr[0]
     with nogil:
-        total = _elementwise_all(kind, xp, tp, wp, pwp, prm, n, gp, gscale, gsa, lp, n_threads)
+        total = _elementwise_all(kind, xp, tp, wp, pwp, prm, n, gp, gscale, gscale_ptr, lp, n_threads)
     return total
 
 
 cdef double _elementwise_all(EwKind kind, const floating* xp, const floating* tp, const floating* wp,
                              const floating* pwp, EwParams prm, Py_ssize_t n, floating* gp,
-                             double gscale, const double* gsa, floating* lp, int n_threads) noexcept nogil:
+                             double gscale, const double* gscale_arr, floating* lp, int n_threads) noexcept nogil:
     """Every element (n >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
     # blocks of at least EW_BLOCK_MIN elements: a block's fixed cost (loop set-up, prefetch, the
@@ -82,7 +82,7 @@ cdef double _elementwise_all(EwKind kind, const floating* xp, const floating* tp
     cdef bint stream = gp != NULL and <const floating*>gp != xp and n * sizeof(floating) >= STREAM_MIN_BYTES
     for b in prange(nb, schedule='static', num_threads=n_threads):
         sums[b] = _ew_block(kind, xp, tp, wp, pwp, prm, block_start(b, nb, n),
-                            block_start(b + 1, nb, n), gp, gscale, gsa, lp, stream)
+                            block_start(b + 1, nb, n), gp, gscale, gscale_arr, lp, stream)
     return sum_blocks(sums, nb)
 
 
@@ -94,12 +94,12 @@ cdef object _run_elementwise(EwKind kind, x, target, weight, pos_weight, double 
     prm.n_pw = 0
     x, target, weight, pos_weight = flat(x), flat(target), flat(weight), flat(pos_weight)
     grad, gscale_arr, loss_out = flat(grad), flat(gscale_arr), flat(loss_out)
-    nt = clamp_threads(n_threads)
+    threads = clamp_threads(n_threads)
     if is_f32(x):
         return _elementwise[float](kind, x, target, weight, pos_weight, prm, grad, gscale,
-                                   gscale_arr, loss_out, nt)
+                                   gscale_arr, loss_out, threads)
     return _elementwise[double](kind, x, target, weight, pos_weight, prm, grad, gscale,
-                                gscale_arr, loss_out, nt)
+                                gscale_arr, loss_out, threads)
 
 
 def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads):
@@ -153,12 +153,12 @@ def binary_label_check(const floating[::1] t, n_threads=1):
     is searched only on failure."""
     cdef Py_ssize_t i, b, n = t.shape[0], nb = n_blocks_for(n), n_bad = 0, first = -1
     cdef Py_ssize_t counts[MAX_BLOCKS]
-    cdef int nt = clamp_threads(n_threads)
+    cdef int threads = clamp_threads(n_threads)
     cdef floating v
     if n == 0:
         return -1
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=nt):
+        for b in prange(nb, schedule='static', num_threads=threads):
             counts[b] = _n_bad_labels(&t[0], block_start(b, nb, n), block_start(b + 1, nb, n))
         for b in range(nb):
             n_bad += counts[b]

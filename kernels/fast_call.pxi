@@ -157,10 +157,10 @@ cdef object _int64_labels(object labels, Py_ssize_t n):
 
 
 def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, dict options,
-              dict defaults, Py_ssize_t small_input, int num_threads):
+              dict defaults, Py_ssize_t parallel_min, int num_threads):
     """The public entry point's result for the common host call of ``loss`` with ``options``
     (``defaults``: the loss's options and their defaults; see the top of this file), run on one
-    thread below ``small_input`` elements and on ``num_threads`` above; NotImplemented for any
+    thread below ``parallel_min`` elements and on ``num_threads`` above; NotImplemented for any
     other call, which the general road then checks."""
     cdef Call c
     cdef object lid = _LOSSES.get(loss)
@@ -318,8 +318,8 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
         loss_out = cnp.PyArray_EMPTY(item_ndim, <cnp.npy_intp*>dims, typenum, 0)
         c.lo = cnp.PyArray_DATA(<cnp.ndarray>loss_out)
     c.x = cnp.PyArray_DATA(<cnp.ndarray>x)
-    c.n_threads = 1 if n < small_input else num_threads
-    if n >= small_input:  # worth releasing the GIL
+    c.n_threads = 1 if n < parallel_min else num_threads
+    if n >= parallel_min:  # worth releasing the GIL
         with nogil:
             total = _run_call(&c, f32)
     else:

@@ -16,7 +16,7 @@ typedef enum { FL_EW_SIGMOID_BCE, FL_EW_HUBER, FL_EW_HINGE, FL_EW_MSE, FL_EW_MAE
 #define FL_EW_CHUNK 64   /* items per chunk (measured: 64 streams 10-15 % faster than 128 or 512) */
 #define FL_EW_AHEAD 1024 /* prefetch distance in items */
 
-/* One chunk's items: the loss into lb, the gradient scaled (gscale, times gsa[i] if given) and
+/* One chunk's items: the loss into lb, the gradient scaled (gscale, times gscale_arr[i] if given) and
  * rounded to ew_T (the element type) into gj, in one vectorised loop (no double gradient buffer). */
 #define FL_EW_LOOP(BODY)                                                                          \
     do {                                                                                          \
@@ -24,21 +24,21 @@ typedef enum { FL_EW_SIGMOID_BCE, FL_EW_HUBER, FL_EW_HINGE, FL_EW_MSE, FL_EW_MAE
             FL_IVDEP                                                                              \
             for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
                                       lb[k] = (BODY); (void)gi_; }                                \
-        } else if (gsa == NULL) {                                                                 \
+        } else if (gscale_arr == NULL) {                                                                 \
             FL_IVDEP                                                                              \
             for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
                                       lb[k] = (BODY); gj[k] = (ew_T)(gi_ * gscale); }             \
         } else {                                                                                  \
             FL_IVDEP                                                                              \
             for (k = 0; k < m; k++) { const ptrdiff_t i = j + k; double gi_; (void)i;             \
-                                      lb[k] = (BODY); gj[k] = (ew_T)(gi_ * (gscale * gsa[i])); }  \
+                                      lb[k] = (BODY); gj[k] = (ew_T)(gi_ * (gscale * gscale_arr[i])); }  \
         }                                                                                         \
     } while (0)
 
 #define FL_EW_FUNCS(T, SUF)                                                                       \
 static double fl_ew_block_##SUF(int kind, const T* x, const T* t, const T* w, const T* pw,        \
                                 ptrdiff_t n_pw, double a, int flag, ptrdiff_t start,              \
-                                ptrdiff_t stop, T* g, double gscale, const double* gsa, T* lo,    \
+                                ptrdiff_t stop, T* g, double gscale, const double* gscale_arr, T* lo,    \
                                 int stream) {                                                     \
     typedef T ew_T;                                                                               \
     double lb[FL_EW_CHUNK], pwb[FL_EW_CHUNK];                                                     \

@@ -4,7 +4,7 @@
 cdef double _multiclass_hinge_rows(const floating* x, const int64_t* labels, const floating* w,
                                    Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C, double margin,
                                    bint squared, bint crammer_singer, floating* grad, double gscale,
-                                   const double* gsa, floating* loss_out) noexcept nogil:
+                                   const double* gscale_arr, floating* loss_out) noexcept nogil:
     cdef Py_ssize_t i, j, jb
     cdef const floating* xr
     cdef floating* gr = NULL
@@ -15,7 +15,7 @@ cdef double _multiclass_hinge_rows(const floating* x, const int64_t* labels, con
         xr = x + i * C
         if grad != NULL:
             gr = grad + i * C
-        gs = gscale * gsa[i] if gsa != NULL else gscale
+        gs = gscale * gscale_arr[i] if gscale_arr != NULL else gscale
         y = labels[i]
         if y < 0 or y >= C:  # never happens after label_weight_sum; no out-of-bounds access if it does
             if gr != NULL:
@@ -88,7 +88,7 @@ cdef double _multiclass_hinge(const floating[:, ::1] x, const int64_t[::1] label
     cdef const floating* wp = NULL
     cdef floating* gp = NULL
     cdef floating* lp = NULL
-    cdef const double* gsa = NULL
+    cdef const double* gscale_ptr = NULL
     if labels.shape[0] != N:
         raise ValueError(f"multiclass_hinge: {labels.shape[0]} labels for {N} rows")
     if N == 0:
@@ -104,23 +104,23 @@ cdef double _multiclass_hinge(const floating[:, ::1] x, const int64_t[::1] label
     if loss_out is not None:
         lp = &loss_out[0]
     if gscale_arr is not None:
-        gsa = &gscale_arr[0]
+        gscale_ptr = &gscale_arr[0]
     with nogil:
         total = _multiclass_hinge_all(xp, lab, wp, N, C, margin, squared, crammer_singer, gp, gscale,
-                                      gsa, lp, n_threads)
+                                      gscale_ptr, lp, n_threads)
     return total
 
 
 cdef double _multiclass_hinge_all(const floating* xp, const int64_t* lab, const floating* wp,
                                   Py_ssize_t N, Py_ssize_t C, double margin, bint squared,
-                                  bint crammer_singer, floating* gp, double gscale, const double* gsa,
+                                  bint crammer_singer, floating* gp, double gscale, const double* gscale_arr,
                                   floating* lp, int n_threads) noexcept nogil:
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
     cdef Py_ssize_t nb = n_blocks_for(N), b
     for b in prange(nb, schedule='static', num_threads=n_threads):
         sums[b] = _multiclass_hinge_rows(xp, lab, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
-                                         C, margin, squared, crammer_singer, gp, gscale, gsa, lp)
+                                         C, margin, squared, crammer_singer, gp, gscale, gscale_arr, lp)
     return sum_blocks(sums, nb)
 
 
@@ -128,10 +128,10 @@ def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads):
     """Multiclass hinge (Weston-Watkins or Crammer-Singer); see fastloss.backends."""
     labels, gscale_arr, loss_out = flat(labels), flat(gscale_arr), flat(loss_out)
-    nt = clamp_threads(n_threads)
+    threads = clamp_threads(n_threads)
     N, C = x.shape[0], x.shape[1]
     if is_f32(x):
         return _multiclass_hinge[float](x, labels, weight, margin, bool(squared), bool(crammer_singer),
-                                        rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
+                                        rows2d(grad, N, C), gscale, gscale_arr, loss_out, threads)
     return _multiclass_hinge[double](x, labels, weight, margin, bool(squared), bool(crammer_singer),
-                                     rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
+                                     rows2d(grad, N, C), gscale, gscale_arr, loss_out, threads)

@@ -15,7 +15,7 @@
 cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const floating* w,
                                double w_sum, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C,
                                int64_t ignore_index, double eps, double z, floating* grad,
-                               double gscale, const double* gsa, floating* loss_out,
+                               double gscale, const double* gscale_arr, floating* loss_out,
                                bint stream) noexcept nogil:
     cdef Py_ssize_t i
     cdef const floating* xr
@@ -36,7 +36,7 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
         xr = x + i * C
         if grad != NULL:
             e = scratch if scratch != NULL else grad + i * C
-        gs = gscale * gsa[i] if gsa != NULL else gscale
+        gs = gscale * gscale_arr[i] if gscale_arr != NULL else gscale
         y = labels[i]
         if y == ignore_index or y < 0 or y >= C:
             # ignored row: loss 0, gradient 0 whatever the scale (PyTorch: an all-ignored batch
@@ -80,17 +80,17 @@ cdef double _softmax_xent_rows(const floating* x, const int64_t* labels, const f
 
 
 cdef enum:
-    SMALL_C = FL_LANES_C  # rows of at most this many classes go through the lane kernel
+    LANES_C = FL_LANES_C  # rows of at most this many classes go through the lane kernel
     LANES = FL_LANES      # rows side by side there, one per vector lane
     LANES_AHEAD = 2 * FL_LANES  # rows prefetched ahead of the lane kernel
 
 
-cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, const floating* w,
+cdef double _softmax_xent_lanes(const floating* x, const int64_t* labels, const floating* w,
                                      double w_sum, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C,
                                      int64_t ignore_index, double eps, double z, floating* grad,
-                                     double gscale, const double* gsa, floating* loss_out,
+                                     double gscale, const double* gscale_arr, floating* loss_out,
                                      bint stream) noexcept nogil:
-    """_softmax_xent_rows for C <= SMALL_C, LANES (32) rows at a time, transposed so that lane l
+    """_softmax_xent_rows for C <= LANES_C, LANES (32) rows at a time, transposed so that lane l
     holds row r0 + l: the max, the exps, the sums and logs, the loss and gradient formulas all run
     as vector loops across rows (one short row at a time drowns in per-row overhead at 1M x 10;
     32 rather than 16 rows share each block's fixed cost: 1.3x faster). The same formulas and
@@ -98,8 +98,8 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
     The logits and labels are prefetched two blocks ahead; with stream, each block's gradient
     rows are put together in a tile that stays in cache and streamed out (no read for
     ownership)."""
-    cdef floating t[SMALL_C * LANES]   # t[c * LANES + l] = x[r0 + l, c]; then e; then the gradient
-    cdef floating rows[SMALL_C * LANES]  # the block's gradient rows, in order, when streamed
+    cdef floating t[LANES_C * LANES]   # t[c * LANES + l] = x[r0 + l, c]; then e; then the gradient
+    cdef floating rows[LANES_C * LANES]  # the block's gradient rows, in order, when streamed
     cdef fl_streamer st
     cdef floating m[LANES]
     cdef floating shf[LANES]
@@ -148,9 +148,9 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
             ok[l] = yl[l] != ignore_index and yl[l] >= 0 and yl[l] < C
             yc[l] = yl[l] if ok[l] else 0
             n_bad += not ok[l]
-        if gsa != NULL:
+        if gscale_arr != NULL:
             for l in range(LANES):
-                gs[l] = gscale * gsa[r0 + l] if l < R else gscale
+                gs[l] = gscale * gscale_arr[r0 + l] if l < R else gscale
         for l in range(LANES):
             xy[l] = t[yc[l] * LANES + l]
             wy[l] = w[yc[l]] if w != NULL else 1.0
@@ -222,7 +222,7 @@ cdef double _softmax_xent_rows_small(const floating* x, const int64_t* labels, c
 
 cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floating* wp, double w_sum,
                               Py_ssize_t N, Py_ssize_t C, int64_t ignore_index, double eps, double z,
-                              floating* gp, double gscale, const double* gsa, floating* lp,
+                              floating* gp, double gscale, const double* gscale_arr, floating* lp,
                               int n_threads) noexcept nogil:
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
@@ -231,16 +231,16 @@ cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floa
     cdef bint stream = (gp != NULL and <const floating*>gp != xp
                         and N * C * sizeof(floating) >= STREAM_MIN_BYTES)
     # the lane kernel computes LANES rows at a time: blocks of at least that many rows
-    nb = n_blocks_for((N + LANES - 1) // LANES if C <= SMALL_C else N)
+    nb = n_blocks_for((N + LANES - 1) // LANES if C <= LANES_C else N)
     for b in prange(nb, schedule='static', num_threads=n_threads):
-        if C <= SMALL_C:
-            sums[b] = _softmax_xent_rows_small(xp, lab, wp, w_sum,
+        if C <= LANES_C:
+            sums[b] = _softmax_xent_lanes(xp, lab, wp, w_sum,
                                                block_start(b, nb, N), block_start(b + 1, nb, N), C,
-                                               ignore_index, eps, z, gp, gscale, gsa, lp, stream)
+                                               ignore_index, eps, z, gp, gscale, gscale_arr, lp, stream)
         else:
             sums[b] = _softmax_xent_rows(xp, lab, wp, w_sum,
                                          block_start(b, nb, N), block_start(b + 1, nb, N), C,
-                                         ignore_index, eps, z, gp, gscale, gsa, lp, stream)
+                                         ignore_index, eps, z, gp, gscale, gscale_arr, lp, stream)
     return sum_blocks(sums, nb)
 
 
@@ -253,7 +253,7 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
     cdef const floating* wp = NULL
     cdef floating* gp = NULL
     cdef floating* lp = NULL
-    cdef const double* gsa = NULL
+    cdef const double* gscale_ptr = NULL
     if labels.shape[0] != N:
         raise ValueError(f"softmax_xent: {labels.shape[0]} labels for {N} rows")
     if N == 0:
@@ -268,10 +268,10 @@ cdef double _softmax_xent(const floating[:, ::1] x, const int64_t[::1] labels,
     if loss_out is not None:
         lp = &loss_out[0]
     if gscale_arr is not None:
-        gsa = &gscale_arr[0]
+        gscale_ptr = &gscale_arr[0]
     with nogil:
         total = _softmax_xent_all(&x[0, 0], &labels[0], wp, w_sum, N, C, ignore_index, eps, z,
-                                  gp, gscale, gsa, lp, n_threads)
+                                  gp, gscale, gscale_ptr, lp, n_threads)
     return total
 
 
@@ -279,12 +279,12 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
     """Sparse-label softmax cross-entropy; see fastloss.backends for the contract."""
     labels, gscale_arr, loss_out = flat(labels), flat(gscale_arr), flat(loss_out)
-    nt = clamp_threads(n_threads)
+    threads = clamp_threads(n_threads)
     if is_f32(x):
         return _softmax_xent[float](x, labels, weight, ignore_index, label_smoothing, z_loss,
-                                    rows2d(grad, x.shape[0], x.shape[1]), gscale, gscale_arr, loss_out, nt)
+                                    rows2d(grad, x.shape[0], x.shape[1]), gscale, gscale_arr, loss_out, threads)
     return _softmax_xent[double](x, labels, weight, ignore_index, label_smoothing, z_loss,
-                                 rows2d(grad, x.shape[0], x.shape[1]), gscale, gscale_arr, loss_out, nt)
+                                 rows2d(grad, x.shape[0], x.shape[1]), gscale, gscale_arr, loss_out, threads)
 
 
 # ---- probability targets ------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
 cdef double _softmax_xent_probs_rows(const floating* x, const floating* t, const floating* w,
                                      Py_ssize_t start, Py_ssize_t stop, Py_ssize_t C,
                                      double eps, double z, floating* grad, double gscale,
-                                     const double* gsa, floating* loss_out) noexcept nogil:
+                                     const double* gscale_arr, floating* loss_out) noexcept nogil:
     cdef Py_ssize_t i, c
     cdef const floating* xr
     cdef const floating* tr
@@ -305,7 +305,7 @@ cdef double _softmax_xent_probs_rows(const floating* x, const floating* t, const
         tr = t + i * C
         if grad != NULL:
             gr = grad + i * C
-        gs = gscale * gsa[i] if gsa != NULL else gscale
+        gs = gscale * gscale_arr[i] if gscale_arr != NULL else gscale
         # pass 1: a_c = w_c t'_c, r = sum a_c, sum a_c x_c (a_c == 0 terms are 0 even at x_c = -inf)
         m = row_max(xr, C)
         r = 0.0
@@ -347,7 +347,7 @@ cdef double _softmax_xent_probs(const floating[:, ::1] x, const floating[:, ::1]
     cdef const floating* wp = NULL
     cdef floating* gp = NULL
     cdef floating* lp = NULL
-    cdef const double* gsa = NULL
+    cdef const double* gscale_ptr = NULL
     if t.shape[0] != N or t.shape[1] != C:
         raise ValueError("softmax_xent_probs: targets and logits differ in shape")
     if N == 0:
@@ -363,22 +363,22 @@ cdef double _softmax_xent_probs(const floating[:, ::1] x, const floating[:, ::1]
     if loss_out is not None:
         lp = &loss_out[0]
     if gscale_arr is not None:
-        gsa = &gscale_arr[0]
+        gscale_ptr = &gscale_arr[0]
     with nogil:
-        total = _softmax_xent_probs_all(xp, tp, wp, N, C, eps, z, gp, gscale, gsa, lp, n_threads)
+        total = _softmax_xent_probs_all(xp, tp, wp, N, C, eps, z, gp, gscale, gscale_ptr, lp, n_threads)
     return total
 
 
 cdef double _softmax_xent_probs_all(const floating* xp, const floating* tp, const floating* wp,
                                     Py_ssize_t N, Py_ssize_t C, double eps, double z, floating* gp,
-                                    double gscale, const double* gsa, floating* lp,
+                                    double gscale, const double* gscale_arr, floating* lp,
                                     int n_threads) noexcept nogil:
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
     cdef Py_ssize_t nb = n_blocks_for(N), b
     for b in prange(nb, schedule='static', num_threads=n_threads):
         sums[b] = _softmax_xent_probs_rows(xp, tp, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
-                                           C, eps, z, gp, gscale, gsa, lp)
+                                           C, eps, z, gp, gscale, gscale_arr, lp)
     return sum_blocks(sums, nb)
 
 
@@ -386,13 +386,13 @@ def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
                        grad, gscale, gscale_arr, loss_out, n_threads):
     """Softmax cross-entropy against probability targets; see fastloss.backends."""
     gscale_arr, loss_out = flat(gscale_arr), flat(loss_out)
-    nt = clamp_threads(n_threads)
+    threads = clamp_threads(n_threads)
     N, C = x.shape[0], x.shape[1]
     if is_f32(x):
         return _softmax_xent_probs[float](x, rows2d(probs, N, C), weight, label_smoothing, z_loss,
-                                          rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
+                                          rows2d(grad, N, C), gscale, gscale_arr, loss_out, threads)
     return _softmax_xent_probs[double](x, rows2d(probs, N, C), weight, label_smoothing, z_loss,
-                                       rows2d(grad, N, C), gscale, gscale_arr, loss_out, nt)
+                                       rows2d(grad, N, C), gscale, gscale_arr, loss_out, threads)
 
 
 # ---- label pre-pass -----------------------------------------------------------------------------

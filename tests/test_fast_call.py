@@ -10,7 +10,7 @@ import fastloss
 from cases import ALL_CASES, DTYPES, backend_or_skip, call, case_id, make_inputs, seeded_rng
 from fastloss import _dispatch
 from fastloss._specs import SPECS
-from fastloss._threads import SMALL_INPUT
+from fastloss._threads import PARALLEL_MIN
 
 # the backends whose fast step answers every common call (numba's: softmax_xent's defaults)
 EVERY_LOSS = {"cython"}
@@ -51,7 +51,7 @@ def _results(name, x, t, opts, reduction, backend, out_place):
     return got
 
 
-@pytest.mark.parametrize("rows", (6, SMALL_INPUT // 7 + 1), ids=("one-thread", "threads"))
+@pytest.mark.parametrize("rows", (6, PARALLEL_MIN // 7 + 1), ids=("one-thread", "threads"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
 @pytest.mark.parametrize("backend", ("cython", "numba"))

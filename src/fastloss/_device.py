@@ -314,7 +314,7 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     return value if entry == "loss" else (value, grad)
 
 
-def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gs_arr, gs_stride, grad, loss_out, result, x_shape):
+def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gscale_arr, gs_stride, grad, loss_out, result, x_shape):
     """dispatch -> kernel: the spec's kernel for targets of ``kind`` on device arrays (``x``
     flattened to (N, C) or (n,)), on ``dev``'s stream; the mean's denominator is applied on the
     device (a label-weighted one is also reduced there)."""
@@ -328,5 +328,5 @@ def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gs_arr, gs_stride, g
         else:
             den = float(x.shape[0])
     kernel, args = spec.kernel(kind)
-    gpu.launch(kernel, x, t, args(opts), grad, gscale, gs_arr, gs_stride, den, loss_out, result,
+    gpu.launch(kernel, x, t, args(opts), grad, gscale, gscale_arr, gs_stride, den, loss_out, result,
                dev.stream, dev.scratch)

@@ -4,7 +4,7 @@ import os
 
 # Below this many input elements a call runs on one thread: starting threads costs more than
 # the work (scikit-learn #30662 measured a 15x slow-down from OpenMP start-up on small data).
-SMALL_INPUT = 1 << 15
+PARALLEL_MIN = 1 << 15
 
 
 def _default_threads():
@@ -34,5 +34,5 @@ def get_num_threads():
 
 
 def threads_for(n_elements):
-    """Threads for a call over n_elements inputs: one below SMALL_INPUT."""
-    return 1 if n_elements < SMALL_INPUT else _num_threads
+    """Threads for a call over n_elements inputs: one below PARALLEL_MIN."""
+    return 1 if n_elements < PARALLEL_MIN else _num_threads

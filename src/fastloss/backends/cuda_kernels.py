@@ -134,10 +134,10 @@ def _block_partial(sm, acc, partials):
 
 
 @cuda.jit(device=True)
-def _item_scale(gscale, gs_arr, gs_stride, i, den):
+def _item_scale(gscale, gscale_arr, gs_stride, i, den):
     gs = gscale
-    if gs_arr.shape[0] > 0:
-        gs = gs * np.float64(gs_arr[i * gs_stride])
+    if gscale_arr.shape[0] > 0:
+        gs = gs * np.float64(gscale_arr[i * gs_stride])
     if den.shape[0] > 0:
         gs = gs / den[0]
     return gs
@@ -182,7 +182,7 @@ def label_weight_kernel(labels, n_classes, ignore_index, w, partials):
 
 
 @cuda.jit
-def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, gs_stride,
+def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, gs_stride,
                          den, loss_out, partials, width):
     sm_m = cuda.shared.array(TPB, np.float64)
     sm_s = cuda.shared.array(TPB, np.float64)
@@ -273,7 +273,7 @@ def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, g
             acc += loss
         if write_g and status != 3:
             if status == 0:
-                gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+                gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
                 coef = (1.0 - eps) * wy + eps * w_sum * inv_c
                 if z != 0.0:
                     coef += 2.0 * z * wy * lse
@@ -302,7 +302,7 @@ def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gs_arr, g
 
 
 @cuda.jit
-def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gs_arr, gs_stride, den, loss_out,
+def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gscale_arr, gs_stride, den, loss_out,
                                partials, width):
     sm_m = cuda.shared.array(TPB, np.float64)
     sm_s = cuda.shared.array(TPB, np.float64)
@@ -371,7 +371,7 @@ def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gs_arr, gs_stride, den
                     loss_out[row] = loss
                 acc += loss
             if write_g:
-                gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+                gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
                 coef = r
                 if z != 0.0:
                     coef += 2.0 * z * r * lse
@@ -394,7 +394,7 @@ def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gs_arr, gs_stride, den
 
 
 @cuda.jit
-def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gscale, gs_arr,
+def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gscale, gscale_arr,
                              gs_stride, den, loss_out, partials, width):
     sm_a = cuda.shared.array(TPB, np.float64)
     sm_b = cuda.shared.array(TPB, np.float64)
@@ -428,7 +428,7 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
             xy = np.float64(x[row, y])  # read before any thread writes this row (out=x)
             if has_w:
                 wy = np.float64(w[y])
-            gs = _item_scale(gscale, gs_arr, gs_stride, row, den)
+            gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
         loss = np.float64(0.0)
         if not crammer_singer:
             # Weston-Watkins: each lane owns its classes; the true class's slope is -sum(others)
@@ -575,10 +575,10 @@ def _kl_div_item(x, t, log_target, unused):
 
 def _make_elementwise(item):
     @cuda.jit
-    def kernel(x, t, p0, p1, g, gscale, gs_arr, gs_stride, loss_out, partials):
+    def kernel(x, t, p0, p1, g, gscale, gscale_arr, gs_stride, loss_out, partials):
         sm = cuda.shared.array(TPB, np.float64)
         write_g = g.shape[0] > 0
-        has_gs = gs_arr.shape[0] > 0
+        has_gscale_arr = gscale_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
         acc = np.float64(0.0)
         for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
@@ -586,7 +586,7 @@ def _make_elementwise(item):
             if has_lo:
                 loss_out[i] = loss
             if write_g:
-                gs = gscale * np.float64(gs_arr[i * gs_stride]) if has_gs else gscale
+                gs = gscale * np.float64(gscale_arr[i * gs_stride]) if has_gscale_arr else gscale
                 g[i] = d * gs
             acc += loss
         _block_partial(sm, acc, partials)
@@ -595,12 +595,12 @@ def _make_elementwise(item):
 
 
 @cuda.jit
-def sigmoid_bce_kernel(x, t, w, pw, g, gscale, gs_arr, gs_stride, loss_out, partials):
+def sigmoid_bce_kernel(x, t, w, pw, g, gscale, gscale_arr, gs_stride, loss_out, partials):
     sm = cuda.shared.array(TPB, np.float64)
     n_w = w.shape[0]
     n_pw = pw.shape[0]
     write_g = g.shape[0] > 0
-    has_gs = gs_arr.shape[0] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
     acc = np.float64(0.0)
     for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
@@ -610,7 +610,7 @@ def sigmoid_bce_kernel(x, t, w, pw, g, gscale, gs_arr, gs_stride, loss_out, part
         if has_lo:
             loss_out[i] = loss
         if write_g:
-            gs = gscale * np.float64(gs_arr[i * gs_stride]) if has_gs else gscale
+            gs = gscale * np.float64(gscale_arr[i * gs_stride]) if has_gscale_arr else gscale
             g[i] = d * gs
         acc += loss
     _block_partial(sm, acc, partials)

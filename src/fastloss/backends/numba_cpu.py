@@ -207,13 +207,13 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
     return acc
 
 
-_SMALL_C = 16  # rows of at most this many classes go through the lane kernel
+_LANES_C = 16  # rows of at most this many classes go through the lane kernel
 _LANES = 32  # rows side by side there, one per vector lane
 
 
 @njit(**_OPTS)
 def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream, lo, hi):
-    """_softmax_xent_block for C <= _SMALL_C: _LANES rows at a time, transposed (t[c, l] holds
+    """_softmax_xent_block for C <= _LANES_C: _LANES rows at a time, transposed (t[c, l] holds
     x[r0 + l, c]) so that the max, the exps, sums and logs and the loss and gradient formulas
     run across rows in vector lanes; one short row at a time drowns in per-row overhead. The
     lane loops run to nl = t.shape[1], a run-time trip count, and each writes one array: LLVM
@@ -376,7 +376,7 @@ _SOFTMAX_XENT = {False: _make_softmax_xent(_softmax_xent_block), True: _make_sof
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    serial, parallel, _ = _SOFTMAX_XENT[x.shape[1] <= _SMALL_C]
+    serial, parallel, _ = _SOFTMAX_XENT[x.shape[1] <= _LANES_C]
     return _run(serial, parallel, n_threads,
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
                 float(z_loss), _E2[k] if grad is None else grad, float(gscale),
@@ -388,14 +388,14 @@ _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 
 
-def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, small_input,
+def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, parallel_min,
               num_threads):
     """The road's fast step (see fastloss.backends): softmax_xent with no option given, plain 2-D
-    float arrays, int64 labels, reduction 'mean'/'sum', under ``small_input`` elements (one
+    float arrays, int64 labels, reduction 'mean'/'sum', under ``parallel_min`` elements (one
     thread); NotImplemented for anything else."""
     if (loss != "softmax_xent" or options or type(x) is not np.ndarray or type(target) is not np.ndarray
             or x.ndim != 2 or x.dtype not in _PLAIN_FLOATS or target.dtype != _INT64 or target.ndim != 1
-            or not 0 < x.size < small_input or target.shape[0] != x.shape[0]
+            or not 0 < x.size < parallel_min or target.shape[0] != x.shape[0]
             or reduction not in ("mean", "sum") or type(grad_output) is not float
             or defaults["weight"] is not None or not (x.flags.c_contiguous and target.flags.c_contiguous)):
         return NotImplemented
@@ -414,7 +414,7 @@ def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defa
     elif out is not None:
         return NotImplemented
     k = x.dtype.itemsize
-    ok, value = _SOFTMAX_XENT[x.shape[1] <= _SMALL_C][2](_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
+    ok, value = _SOFTMAX_XENT[x.shape[1] <= _LANES_C][2](_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
                                       defaults["label_smoothing"], defaults["z_loss"], grad,
                                       grad_output if entry == "grad" else 1.0, _R64, _E1[k],
                                       _n_blocks(x.shape[0], x.shape[1]), reduction == "mean")

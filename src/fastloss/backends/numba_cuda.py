@@ -91,7 +91,7 @@ def label_weight_denominator(labels, n_classes, ignore_index, weight, stream, sc
     return den
 
 
-def launch(kernel, x, t, args, grad, gscale, gs_arr, gs_stride, den, loss_out, result, stream, scratch):
+def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_out, result, stream, scratch):
     """Launch loss kernel ``kernel`` (a name of ``LossSpec.kernel``) on ``stream`` and, when
     ``result`` is given, the final reduction into it.
 
@@ -99,7 +99,7 @@ def launch(kernel, x, t, args, grad, gscale, gs_arr, gs_stride, den, loss_out, r
     shape; ``args`` the kernel's loss-specific arguments in the backend contract's order (weights
     as device arrays or None). ``grad``, ``loss_out`` (per item) and ``result`` (1 element) are
     device arrays or None. The gradient is d(item loss)/dx times ``gscale``, times
-    ``gs_arr[i * gs_stride]`` when ``gs_arr`` is given, divided by ``den``: the mean's
+    ``gscale_arr[i * gs_stride]`` when ``gscale_arr`` is given, divided by ``den``: the mean's
     denominator (1 for a sum), a float or ``label_weight_denominator``'s device array, which also
     divides ``result``. ``scratch(shape, dtype)`` allocates device arrays."""
     cuda_kernel, kernel_args = _KERNELS[kernel]
@@ -109,7 +109,7 @@ def launch(kernel, x, t, args, grad, gscale, gs_arr, gs_stride, den, loss_out, r
     if grad is None:
         grad = cuda.device_array((0, 0), x.dtype, stream=stream) if rows else empty
     loss_out = loss_out if loss_out is not None else empty
-    gs_arr = gs_arr if gs_arr is not None else empty64
+    gscale_arr = gscale_arr if gscale_arr is not None else empty64
     den_host = 1.0
     if isinstance(den, float):  # the kernels then scale by gscale alone
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -122,6 +122,6 @@ def launch(kernel, x, t, args, grad, gscale, gs_arr, gs_stride, den, loss_out, r
     parts = scratch(nb, np.float64)
     tail = (den, loss_out, parts, width) if rows else (loss_out, parts)
     with _quiet():
-        cuda_kernel[nb, k.TPB, stream](x, t, *args, grad, _f(gscale), gs_arr, gs_stride, *tail)
+        cuda_kernel[nb, k.TPB, stream](x, t, *args, grad, _f(gscale), gscale_arr, gs_stride, *tail)
         if result is not None:
             k.finish_kernel[1, k.TPB, stream](parts, den, _f(den_host), result)
