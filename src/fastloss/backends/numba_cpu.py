@@ -167,6 +167,19 @@ def _twice(fn):
     return njit(**_OPTS)(fn), njit(parallel=True, **_OPTS)(fn)
 
 
+def _blocked(block):
+    """(serial, parallel) kernels ``(n_blocks, x, *args)`` running ``block(x, *args, lo, hi)`` on
+    each of n_blocks fixed blocks of x's items and adding the blocks' sums in order."""
+
+    def impl(n_blocks, x, *args):
+        sums = np.empty(n_blocks)
+        for b in prange(n_blocks):
+            sums[b] = block(x, *args, *_bounds(b, n_blocks, x.shape[0]))
+        return _in_order(sums)
+
+    return _twice(impl)
+
+
 # ---------------------------------------------------------------------------------------------
 # softmax_xent with class indices
 # ---------------------------------------------------------------------------------------------
@@ -450,26 +463,16 @@ def _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gscale_arr, loss_out, 
     return acc
 
 
-def _softmax_xent_probs_impl(x, t, w, eps, z, g, gscale, gscale_arr, loss_out, n_blocks):
-    n = x.shape[0]
-    sums = np.empty(n_blocks)
-    for b in prange(n_blocks):
-        sums[b] = _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gscale_arr, loss_out,
-                                            *_bounds(b, n_blocks, n))
-    return _in_order(sums)
-
-
-_softmax_xent_probs_s, _softmax_xent_probs_p = _twice(_softmax_xent_probs_impl)
+_softmax_xent_probs_s, _softmax_xent_probs_p = _blocked(_softmax_xent_probs_block)
 
 
 def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
                        grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    return _run(_softmax_xent_probs_s, _softmax_xent_probs_p, n_threads,
+    return _run(_softmax_xent_probs_s, _softmax_xent_probs_p, n_threads, _n_blocks(x.shape[0], 2 * x.shape[1]),
                 _ro(x), _ro(probs), _ro_or(weight, _R1[k]), float(label_smoothing), float(z_loss),
                 _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
-                _n_blocks(x.shape[0], 2 * x.shape[1]))
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,27 +504,16 @@ def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gs
     return acc
 
 
-def _multiclass_hinge_impl(x, labels, w, margin, squared, crammer_singer, g, gscale, gscale_arr,
-                           loss_out, n_blocks):
-    n = x.shape[0]
-    sums = np.empty(n_blocks)
-    for b in prange(n_blocks):
-        sums[b] = _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gscale,
-                                          gscale_arr, loss_out, *_bounds(b, n_blocks, n))
-    return _in_order(sums)
-
-
-_multiclass_hinge_s, _multiclass_hinge_p = _twice(_multiclass_hinge_impl)
+_multiclass_hinge_s, _multiclass_hinge_p = _blocked(_multiclass_hinge_block)
 
 
 def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    return _run(_multiclass_hinge_s, _multiclass_hinge_p, n_threads,
+    return _run(_multiclass_hinge_s, _multiclass_hinge_p, n_threads, _n_blocks(x.shape[0], x.shape[1]),
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), float(margin), bool(squared),
                 bool(crammer_singer), _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
-                _n_blocks(x.shape[0], x.shape[1]))
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,25 +651,16 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out, lo, hi):
     return acc
 
 
-def _sigmoid_bce_impl(x, t, w, pw, g, gscale, gscale_arr, loss_out, n_blocks):
-    n = x.shape[0]
-    sums = np.empty(n_blocks)
-    for b in prange(n_blocks):
-        sums[b] = _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out,
-                                     *_bounds(b, n_blocks, n))
-    return _in_order(sums)
-
-
-_sigmoid_bce_s, _sigmoid_bce_p = _twice(_sigmoid_bce_impl)
+_sigmoid_bce_s, _sigmoid_bce_p = _blocked(_sigmoid_bce_block)
 
 
 def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
     r1, e1 = _R1[k], _E1[k]
-    return _run(_sigmoid_bce_s, _sigmoid_bce_p, n_threads,
+    return _run(_sigmoid_bce_s, _sigmoid_bce_p, n_threads, _n_blocks(x.shape[0], 8),
                 _ro(x), _ro(target), _ro_or(weight, r1), _ro_or(pos_weight, r1),
                 e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
-                e1 if loss_out is None else loss_out, _n_blocks(x.shape[0], 8))
+                e1 if loss_out is None else loss_out)
 
 
 _ECHUNK = 256
@@ -725,15 +708,7 @@ def _make_elementwise(item, native=False):
             acc += fm._sum16(buf, 0, m)
         return acc
 
-    def impl(x, t, p0, p1, g, gscale, gscale_arr, loss_out, n_blocks):
-        n = x.shape[0]
-        sums = np.empty(n_blocks)
-        for b in prange(n_blocks):
-            sums[b] = block(x, t, p0, p1, g, gscale, gscale_arr, loss_out,
-                            *_bounds(b, n_blocks, n))
-        return _in_order(sums)
-
-    return _twice(impl)
+    return _blocked(block)
 
 
 @njit(inline="always")
@@ -750,9 +725,9 @@ _kl_div_k = _make_elementwise(_kl_div2, native=True)
 
 def _elementwise(kernels, x, target, p0, p1, grad, gscale, gscale_arr, loss_out, n_threads):
     e1 = _E1[x.dtype.itemsize]
-    return _run(kernels[0], kernels[1], n_threads, _ro(x), _ro(target), p0, p1,
+    return _run(kernels[0], kernels[1], n_threads, _n_blocks(x.shape[0], 1), _ro(x), _ro(target), p0, p1,
                 e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
-                e1 if loss_out is None else loss_out, _n_blocks(x.shape[0], 1))
+                e1 if loss_out is None else loss_out)
 
 
 def huber(x, target, delta, grad, gscale, gscale_arr, loss_out, n_threads):
