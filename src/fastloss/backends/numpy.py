@@ -24,6 +24,7 @@ Two guards keep float32 results equal to the float64 reference rounded to float3
 ``n_threads`` is accepted and ignored.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -47,6 +48,22 @@ def _too_big(x):
         return False
     with np.errstate(invalid="ignore"):  # infinities (-inf masks) are no reason to leave float32
         return bool((((flat > _BIG32) | (flat < -_BIG32)) & np.isfinite(flat)).any())
+
+
+def _rows(kernel):
+    """A row loss's kernel that sees a non-empty batch of float32 values within +-2**32 (or
+    float64): an empty batch sums to 0, larger float32 values run in float64 (_in_float64)."""
+
+    @functools.wraps(kernel)
+    def rows(x, target, *args):
+        if x.shape[0] == 0:
+            return 0.0
+        if _too_big(x):
+            *options, grad, gscale, gscale_arr, loss_out, _ = args
+            return _in_float64(rows, x, (target, *options), grad, gscale, gscale_arr, loss_out)
+        return kernel(x, target, *args)
+
+    return rows
 
 
 def _in_float64(kernel, x, args, grad, gscale, gscale_arr, loss_out):
@@ -141,16 +158,12 @@ def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
     return float(np.sum(w_y, dtype=np.float64)), -1
 
 
+@_rows
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads=1):
     """Cross-entropy with class-index targets (PyTorch ``cross_entropy``) + PaLM's z-loss."""
-    if _too_big(x):
-        return _in_float64(softmax_xent, x, (labels, weight, ignore_index, label_smoothing, z_loss),
-                           grad, gscale, gscale_arr, loss_out)
     n_rows, n_classes = x.shape
     dt = x.dtype.type
-    if n_rows == 0:
-        return 0.0
     with np.errstate(all="ignore"):
         valid = labels != ignore_index
         all_valid = bool(valid.all())
@@ -214,16 +227,12 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
         return total
 
 
+@_rows
 def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
                        grad, gscale, gscale_arr, loss_out, n_threads=1):
     """Cross-entropy with probability targets (optionally smoothed and class-weighted) + z-loss."""
-    if _too_big(x):
-        return _in_float64(softmax_xent_probs, x, (probs, weight, label_smoothing, z_loss),
-                           grad, gscale, gscale_arr, loss_out)
     n_rows, n_classes = x.shape
     dt = x.dtype.type
-    if n_rows == 0:
-        return 0.0
     with np.errstate(all="ignore"):
         if n_classes == 0:
             return _finish(np.zeros(n_rows, dt), loss_out)
@@ -276,16 +285,12 @@ def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
         return total
 
 
+@_rows
 def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads=1):
     """Weston-Watkins (PyTorch ``multi_margin_loss``) or Crammer-Singer multiclass hinge."""
-    if _too_big(x):
-        return _in_float64(multiclass_hinge, x, (labels, weight, margin, squared, crammer_singer),
-                           grad, gscale, gscale_arr, loss_out)
     n_rows, n_classes = x.shape
     dt = x.dtype.type
-    if n_rows == 0:
-        return 0.0
     with np.errstate(all="ignore"):
         rows = np.arange(n_rows)
         y = labels
