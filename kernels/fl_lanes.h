@@ -38,25 +38,35 @@ FL_LANES_FUNCS(float, f)
 FL_LANES_FUNCS(double, d)
 
 #if defined(__AVX512F__)
-FL_INLINE __m512i fl_lane_offsets(ptrdiff_t C, ptrdiff_t R, ptrdiff_t l0) {
+FL_INLINE __m512i fl_lane_offsets_f(ptrdiff_t C, ptrdiff_t R, ptrdiff_t l0) {
     /* element offset of the row of each lane l0 + l: min(l0 + l, R - 1) * C (no overflow) */
     __m512i l = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     l = _mm512_add_epi32(l, _mm512_set1_epi32((int)l0));
     return _mm512_mullo_epi32(_mm512_min_epi32(l, _mm512_set1_epi32((int)R - 1)), _mm512_set1_epi32((int)C));
 }
-
-static inline void fl_lanes_load_f(const float* xb, ptrdiff_t C, ptrdiff_t R, float* t, float* m) {
-    for (ptrdiff_t l0 = 0; l0 < FL_LANES; l0 += 16) {
-        __m512i off = fl_lane_offsets(C, R, l0);
-        __m512 mx = _mm512_set1_ps(-INFINITY);
-        for (ptrdiff_t c = 0; c < C; c++) {
-            __m512 v = _mm512_i32gather_ps(off, xb + c, 4);
-            _mm512_storeu_ps(t + c * FL_LANES + l0, v);
-            mx = _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask(v, mx, _CMP_GT_OQ), v);
-        }
-        _mm512_storeu_ps(m + l0, mx);
-    }
+/* a vector of 8 doubles is gathered / scattered with 8 int32 offsets: the low half */
+FL_INLINE __m256i fl_lane_offsets_d(ptrdiff_t C, ptrdiff_t R, ptrdiff_t l0) {
+    return _mm512_castsi512_si256(fl_lane_offsets_f(C, R, l0));
 }
+
+/* the loads, per type: per vector of lanes (VT: 16 floats or 8 doubles; IT: their offsets),
+ * a gather per class, kept in t, and the running max per lane (NaN skipped: a compare is false) */
+#define FL_LANES_GATHER(T, SUF, VT, IT, PS)                                                        \
+static inline void fl_lanes_load_##SUF(const T* xb, ptrdiff_t C, ptrdiff_t R, T* t, T* m) {        \
+    for (ptrdiff_t l0 = 0; l0 < FL_LANES; l0 += (ptrdiff_t)(64 / sizeof(T))) {                     \
+        IT off = fl_lane_offsets_##SUF(C, R, l0);                                                  \
+        VT mx = _mm512_set1_##PS(-INFINITY);                                                       \
+        for (ptrdiff_t c = 0; c < C; c++) {                                                        \
+            VT v = _mm512_i32gather_##PS(off, xb + c, (int)sizeof(T));                             \
+            _mm512_storeu_##PS(t + c * FL_LANES + l0, v);                                          \
+            mx = _mm512_mask_mov_##PS(mx, _mm512_cmp_##PS##_mask(v, mx, _CMP_GT_OQ), v);           \
+        }                                                                                          \
+        _mm512_storeu_##PS(m + l0, mx);                                                            \
+    }                                                                                              \
+}
+
+FL_LANES_GATHER(float, f, __m512, __m512i, ps)
+FL_LANES_GATHER(double, d, __m512d, __m256i, pd)
 
 static inline void fl_lanes_store_f(const float* t, ptrdiff_t C, ptrdiff_t R, float* gb) {
     /* up to 4 classes: a scatter per class (one store per value); more: per 16 rows, a 16 x 16
@@ -67,7 +77,7 @@ static inline void fl_lanes_store_f(const float* t, ptrdiff_t C, ptrdiff_t R, fl
     for (l0 = 0; l0 < R; l0 += 16) {
         ptrdiff_t n = R - l0 < 16 ? R - l0 : 16;
         if (C <= 4) {
-            __m512i off = fl_lane_offsets(C, FL_LANES, l0);
+            __m512i off = fl_lane_offsets_f(C, FL_LANES, l0);
             __mmask16 keep = (__mmask16)((1u << n) - 1u);
             for (c = 0; c < C; c++)
                 _mm512_mask_i32scatter_ps(gb + c, keep, off, _mm512_loadu_ps(t + c * FL_LANES + l0), 4);
@@ -100,22 +110,9 @@ static inline void fl_lanes_store_f(const float* t, ptrdiff_t C, ptrdiff_t R, fl
     }
 }
 
-static inline void fl_lanes_load_d(const double* xb, ptrdiff_t C, ptrdiff_t R, double* t, double* m) {
-    for (ptrdiff_t l0 = 0; l0 < FL_LANES; l0 += 8) {
-        __m256i off = _mm512_castsi512_si256(fl_lane_offsets(C, R, l0));
-        __m512d mx = _mm512_set1_pd(-INFINITY);
-        for (ptrdiff_t c = 0; c < C; c++) {
-            __m512d v = _mm512_i32gather_pd(off, xb + c, 8);
-            _mm512_storeu_pd(t + c * FL_LANES + l0, v);
-            mx = _mm512_mask_mov_pd(mx, _mm512_cmp_pd_mask(v, mx, _CMP_GT_OQ), v);
-        }
-        _mm512_storeu_pd(m + l0, mx);
-    }
-}
-
 static inline void fl_lanes_store_d(const double* t, ptrdiff_t C, ptrdiff_t R, double* gb) {
     for (ptrdiff_t l0 = 0; l0 < R; l0 += 8) {
-        __m256i off = _mm512_castsi512_si256(fl_lane_offsets(C, FL_LANES, l0));
+        __m256i off = fl_lane_offsets_d(C, FL_LANES, l0);
         __mmask8 keep = (__mmask8)(R - l0 < 8 ? (1u << (R - l0)) - 1u : 0xffu);
         for (ptrdiff_t c = 0; c < C; c++)
             _mm512_mask_i32scatter_pd(gb + c, keep, off, _mm512_loadu_pd(t + c * FL_LANES + l0), 8);

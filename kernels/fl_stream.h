@@ -23,28 +23,28 @@ FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) {
     for (ptrdiff_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)p + b, _MM_HINT_T0);
 }
 FL_INLINE void fl_sfence(void) { _mm_sfence(); }
-FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) {
-    ptrdiff_t k = 0;
+/* the widest vectors of the build: FL_SIMD(op, ps) is _mm512_op_ps, _mm256_op_ps or _mm_op_ps */
 #if defined(__AVX512F__)
-    for (; k + 16 <= n; k += 16) _mm512_stream_ps(dst + k, _mm512_loadu_ps(src + k));
+#define FL_SIMD(op, PS) _mm512_##op##_##PS
+#define FL_SIMD_BYTES 64
 #elif defined(__AVX__)
-    for (; k + 8 <= n; k += 8) _mm256_stream_ps(dst + k, _mm256_loadu_ps(src + k));
+#define FL_SIMD(op, PS) _mm256_##op##_##PS
+#define FL_SIMD_BYTES 32
 #else
-    for (; k + 4 <= n; k += 4) _mm_stream_ps(dst + k, _mm_loadu_ps(src + k));
+#define FL_SIMD(op, PS) _mm_##op##_##PS
+#define FL_SIMD_BYTES 16
 #endif
-    for (; k < n; k++) dst[k] = src[k];
+/* fl_stream_SUF(dst, src, n): dst[0:n] = src[0:n], whole vectors with non-temporal stores; one
+ * body for float and double (only the items per vector and the ps/pd intrinsics differ) */
+#define FL_STREAM_COPY(T, SUF, PS)                                                                 \
+FL_INLINE void fl_stream_##SUF(T* dst, const T* src, ptrdiff_t n) {                                \
+    const ptrdiff_t w = (ptrdiff_t)(FL_SIMD_BYTES / sizeof(T));                                    \
+    ptrdiff_t k = 0;                                                                               \
+    for (; k + w <= n; k += w) FL_SIMD(stream, PS)(dst + k, FL_SIMD(loadu, PS)(src + k));          \
+    for (; k < n; k++) dst[k] = src[k];                                                            \
 }
-FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) {
-    ptrdiff_t k = 0;
-#if defined(__AVX512F__)
-    for (; k + 8 <= n; k += 8) _mm512_stream_pd(dst + k, _mm512_loadu_pd(src + k));
-#elif defined(__AVX__)
-    for (; k + 4 <= n; k += 4) _mm256_stream_pd(dst + k, _mm256_loadu_pd(src + k));
-#else
-    for (; k + 2 <= n; k += 2) _mm_stream_pd(dst + k, _mm_loadu_pd(src + k));
-#endif
-    for (; k < n; k++) dst[k] = src[k];
-}
+FL_STREAM_COPY(float, f, ps)
+FL_STREAM_COPY(double, d, pd)
 #else
 FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
 FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }

@@ -15,7 +15,8 @@ typedef union { double f; uint64_t u; } fl_f64u;
  * SSE2), exp(r) by Cephes' polynomial (float: ~1 ulp) or Pade form (double: ~1 ulp), and 2^n
  * built from exponent bits so that the whole range, denormals included, is exact. */
 
-/* The shared core: x = fn ln2 + r (fn integral, |r| <= ln2/2) and p = exp(r). */
+/* The shared core: x = fn ln2 + r (fn integral, |r| <= ln2/2) and p = exp(r). Written per type:
+ * float's is a degree-5 polynomial of FMAs, double's a Pade form with a division. */
 FL_INLINE float fl_expf_core(float x, float* fn_out) {
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
     float fn = FL_FMAF(x, 1.44269504088896341f, magic) - magic;
@@ -45,73 +46,62 @@ FL_INLINE double fl_exp_core(double x, double* fn_out) {
     return 1.0 + 2.0 * (px / (qx - px));
 }
 
-/* No clamping: outside [lo, hi] (and for +-inf) the core may give garbage or NaN, which the two
- * selects at the end replace; NaN inputs give NaN through r and p. 2^n is built in two halves. */
-FL_INLINE float fl_expf(float x) {
-    const float lo = -103.972084f; /* exp(x) < 2^-150 below: rounds to 0 */
-    const float hi = 88.7228394f;  /* exp(x) > FLT_MAX above */
-    const float magic = 12582912.0f;
-    float fn;
-    float p = fl_expf_core(x, &fn);
-    float h = (fn * 0.5f + magic) - magic;
-    fl_f32u s1, s2;
-    s1.f = h + 8388735.0f; /* 2^23 + 127: the mantissa holds h + 127 */
-    s1.u <<= 23;
-    s2.f = (fn - h) + 8388735.0f;
-    s2.u <<= 23;
-    float y = (p * s1.f) * s2.f;
-    y = x < lo ? 0.0f : y;
-    y = x > hi ? (float)INFINITY : y;
-    return y;
+/* fl_exp<SUF> (every x) and fl_exp<SUF>_nonpos (x <= 0 or NaN): the same steps for both types,
+ * stamped out per type T (suffix SUF, U its bits union) with the type's constants: MB mantissa
+ * bits; MAGIC = 1.5 * 2^MB (as in the core); ONE = 2^MB + exponent bias (the mantissa of ONE + n
+ * holds the biased exponent of 2^n); below LO exp(x) rounds to 0 (< 2^-150, 2^-1075), above HI
+ * it overflows; NPONE = ONE + s and NPSC = 2^-s, the nonpos scaling (float s = 25, double 54).
+ *   fl_exp: no clamping: outside [LO, HI] (and for +-inf) the core may give garbage or NaN,
+ *   which the two selects at the end replace; NaN inputs give NaN through r and p. 2^n is built
+ *   in two halves.
+ *   fl_exp_nonpos (softmax's x - max): the same core and so the same values, but 2^n (n in
+ *   [-150, 0]) in one step, as (p 2^(n+s)) 2^-s: p 2^(n+s) is normal (p >= 1/sqrt(2)) and exact,
+ *   the multiply by 2^-s rounds once, exactly as the two-halves product does, and only where the
+ *   result is subnormal. No overflow branch: 6 fewer vector operations per exp. */
+#define FL_EXP_FUNCS(T, SUF, U, MB, MAGIC, ONE, LO, HI, NPONE, NPSC)                               \
+FL_INLINE T fl_exp##SUF(T x) {                                                                     \
+    T fn;                                                                                          \
+    T p = fl_exp##SUF##_core(x, &fn);                                                              \
+    T h = (fn * (T)0.5 + MAGIC) - MAGIC;                                                           \
+    U s1, s2;                                                                                      \
+    s1.f = h + ONE;                                                                                \
+    s1.u <<= MB;                                                                                   \
+    s2.f = (fn - h) + ONE;                                                                         \
+    s2.u <<= MB;                                                                                   \
+    T y = (p * s1.f) * s2.f;                                                                       \
+    y = x < LO ? (T)0 : y;                                                                         \
+    y = x > HI ? (T)INFINITY : y;                                                                  \
+    return y;                                                                                      \
+}                                                                                                  \
+FL_INLINE T fl_exp##SUF##_nonpos(T x) {                                                            \
+    T fn;                                                                                          \
+    T p = fl_exp##SUF##_core(x, &fn);                                                              \
+    U sc;                                                                                          \
+    sc.f = fn + NPONE;                                                                             \
+    sc.u <<= MB;                                                                                   \
+    T y = (p * sc.f) * NPSC;                                                                       \
+    return x < LO ? (T)0 : y;                                                                      \
 }
 
-FL_INLINE double fl_exp(double x) {
-    const double lo = -745.1332191019412; /* exp(x) < 2^-1075 below */
-    const double hi = 709.782712893384;   /* exp(x) > DBL_MAX above */
-    const double magic = 6755399441055744.0;
-    double fn;
-    double p = fl_exp_core(x, &fn);
-    double h = (fn * 0.5 + magic) - magic;
-    fl_f64u s1, s2;
-    s1.f = h + 4503599627371519.0; /* 2^52 + 1023 */
-    s1.u <<= 52;
-    s2.f = (fn - h) + 4503599627371519.0;
-    s2.u <<= 52;
-    double y = (p * s1.f) * s2.f;
-    y = x < lo ? 0.0 : y;
-    y = x > hi ? (double)INFINITY : y;
-    return y;
-}
-
-/* exp(x) for x <= 0 or NaN (softmax's x - max): the same core and so the same values, but
- * 2^n (n in [-150, 0]) in one step, as (p 2^(n+25)) 2^-25: p 2^(n+25) is a normal float
- * (p >= 1/sqrt(2)) and exact, the multiply by 2^-25 rounds once, exactly as the two-halves
- * product does, and only where the result is subnormal (double: 2^(n+54), 2^-54). No overflow
- * branch: 6 fewer vector operations per exp. */
-FL_INLINE float fl_expf_nonpos(float x) {
-    float fn;
-    float p = fl_expf_core(x, &fn);
-    fl_f32u sc;
-    sc.f = fn + 8388760.0f; /* 2^23 + 127 + 25 */
-    sc.u <<= 23;
-    float y = (p * sc.f) * 2.98023223876953125e-8f; /* 2^-25 */
-    return x < -103.972084f ? 0.0f : y;
-}
-
-FL_INLINE double fl_exp_nonpos(double x) {
-    double fn;
-    double p = fl_exp_core(x, &fn);
-    fl_f64u sc;
-    sc.f = fn + 4503599627371573.0; /* 2^52 + 1023 + 54 */
-    sc.u <<= 52;
-    double y = (p * sc.f) * 5.5511151231257827e-17; /* 2^-54 */
-    return x < -745.1332191019412 ? 0.0 : y;
-}
+/*           T       SUF U        MB  MAGIC               ONE                 LO                  HI */
+FL_EXP_FUNCS(float,  f,  fl_f32u, 23, 12582912.0f,        8388735.0f,         -103.972084f,       88.7228394f,
+             8388760.0f /* 2^23 + 127 + 25 */, 2.98023223876953125e-8f /* 2^-25 */)
+FL_EXP_FUNCS(double,  ,  fl_f64u, 52, 6755399441055744.0, 4503599627371519.0, -745.1332191019412, 709.782712893384,
+             4503599627371573.0 /* 2^52 + 1023 + 54 */, 5.5511151231257827e-17 /* 2^-54 */)
 
 /* ---- log ----------------------------------------------------------------------------------
  * fdlibm's log (< 1 ulp), branch-free so that it vectorises: x = 2^k m, m in [sqrt(2)/2, sqrt(2)),
  * log(m) from s = f/(2+f) and the Lg1..Lg7 minimax polynomial. Subnormals are scaled by 2^54
- * first; specials by selects: log(0) = -inf, log(x<0) = NaN, log(inf) = inf, log(NaN) = NaN. */
+ * first; specials by selects: log(0) = -inf, log(x<0) = NaN, log(inf) = inf, log(NaN) = NaN.
+ * (float's log below has its own reduction and polynomial: no division, see there.) */
+#define FL_LOG_SPECIALS(T, x, r)                                                                   \
+    do {                                                                                           \
+        (r) = (x) == 0 ? -(T)INFINITY : (r);                                                       \
+        (r) = (x) < 0 ? (T)NAN : (r);                                                              \
+        (r) = (x) == (T)INFINITY ? (x) : (r);                                                      \
+        (r) = (x) != (x) ? (x) : (r);                                                              \
+    } while (0)
+
 FL_INLINE double fl_log(double x) {
     const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
     const double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
@@ -133,10 +123,7 @@ FL_INLINE double fl_log(double x) {
     double t1 = w * (Lg2 + w * (Lg4 + w * Lg6));
     double t2 = z * (Lg1 + w * (Lg3 + w * (Lg5 + w * Lg7)));
     double r = s * (hfsq + t1 + t2) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
-    r = x == 0 ? -(double)INFINITY : r;
-    r = x < 0 ? (double)NAN : r;
-    r = x == (double)INFINITY ? x : r;
-    r = x != x ? x : r;
+    FL_LOG_SPECIALS(double, x, r);
     return r;
 }
 
@@ -171,10 +158,7 @@ FL_INLINE float fl_logf_normal(float x) { return fl_logf_scaled(x, 127.0f); }
 FL_INLINE float fl_logf(float x) {
     int sub = x < 1.17549435e-38f;
     float r = fl_logf_scaled(sub ? x * 33554432.0f : x, sub ? 152.0f : 127.0f);
-    r = x == 0 ? -(float)INFINITY : r;
-    r = x < 0 ? (float)NAN : r;
-    r = x == (float)INFINITY ? x : r;
-    r = x != x ? x : r;
+    FL_LOG_SPECIALS(float, x, r);
     return r;
 }
 
