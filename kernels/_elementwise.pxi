@@ -4,10 +4,6 @@
 # are computed in double (float32 inputs are widened exactly; for them sigmoid_bce and kl_div use
 # the float variants of fl_formulas.h), the gradient is rounded once.
 
-cdef enum:
-    EW_BLOCK_MIN = 1024
-
-
 cdef struct EwParams:
     double a          # huber: delta; hinge: margin
     bint flag         # hinge: squared; kl_div: log_target
@@ -75,9 +71,7 @@ cdef double _elementwise_all(EwKind kind, const floating* xp, const floating* tp
                              double gscale, const double* gscale_arr, floating* lp, int n_threads) noexcept nogil:
     """Every element (n >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
-    # blocks of at least EW_BLOCK_MIN elements: a block's fixed cost (loop set-up, prefetch, the
-    # lane sums) outweighs a few elements' work (320 elements in 256 blocks: 3 us, in 1: 0.3 us)
-    cdef Py_ssize_t nb = n_blocks_for((n + EW_BLOCK_MIN - 1) // EW_BLOCK_MIN), b
+    cdef Py_ssize_t nb = item_blocks(n, 1), b
     # streaming stores for a gradient that is not the input and too big to stay in cache
     cdef bint stream = gp != NULL and <const floating*>gp != xp and n * sizeof(floating) >= STREAM_MIN_BYTES
     for b in prange(nb, schedule='static', num_threads=n_threads):

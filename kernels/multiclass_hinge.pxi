@@ -117,7 +117,7 @@ cdef double _multiclass_hinge_all(const floating* xp, const int64_t* lab, const 
                                   floating* lp, int n_threads) noexcept nogil:
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
-    cdef Py_ssize_t nb = n_blocks_for(N), b
+    cdef Py_ssize_t nb = item_blocks(N, C), b
     for b in prange(nb, schedule='static', num_threads=n_threads):
         sums[b] = _multiclass_hinge_rows(xp, lab, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
                                          C, margin, squared, crammer_singer, gp, gscale, gscale_arr, lp)

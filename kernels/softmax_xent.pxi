@@ -231,7 +231,7 @@ cdef double _softmax_xent_all(const floating* xp, const int64_t* lab, const floa
     cdef bint stream = (gp != NULL and <const floating*>gp != xp
                         and N * C * sizeof(floating) >= STREAM_MIN_BYTES)
     # the lane kernel computes LANES rows at a time: blocks of at least that many rows
-    nb = n_blocks_for((N + LANES - 1) // LANES if C <= LANES_C else N)
+    nb = n_blocks_for((N + LANES - 1) // LANES) if C <= LANES_C else item_blocks(N, C)
     for b in prange(nb, schedule='static', num_threads=n_threads):
         if C <= LANES_C:
             sums[b] = _softmax_xent_lanes(xp, lab, wp, w_sum,
@@ -375,7 +375,7 @@ cdef double _softmax_xent_probs_all(const floating* xp, const floating* tp, cons
                                     int n_threads) noexcept nogil:
     """Every row (N >= 1, C >= 1) in the fixed blocks on n_threads threads: the sum of the losses."""
     cdef double sums[MAX_BLOCKS]
-    cdef Py_ssize_t nb = n_blocks_for(N), b
+    cdef Py_ssize_t nb = item_blocks(N, C), b
     for b in prange(nb, schedule='static', num_threads=n_threads):
         sums[b] = _softmax_xent_probs_rows(xp, tp, wp, block_start(b, nb, N), block_start(b + 1, nb, N),
                                            C, eps, z, gp, gscale, gscale_arr, lp)
