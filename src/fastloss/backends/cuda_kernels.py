@@ -143,6 +143,148 @@ def _item_scale(gscale, gscale_arr, gs_stride, i, den):
     return gs
 
 
+@cuda.jit(device=True)
+def _weight(w, j):
+    """weight[j] as float64, 1 without weights."""
+    return np.float64(w[j]) if w.shape[0] > 0 else np.float64(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-kernel helpers: a segment of ``width`` lanes per row
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _row_groups(n, width):
+    """How many groups of ``TPB // width`` rows cover ``n`` rows."""
+    rows_per_block = TPB // width
+    return (n + rows_per_block - 1) // rows_per_block
+
+
+@cuda.jit(device=True)
+def _row_of(grp, width):
+    """This thread's row in row group ``grp`` (may be past the last row)."""
+    return grp * (TPB // width) + cuda.threadIdx.x // width
+
+
+@cuda.jit(device=True)
+def _label_row(x, labels, w, row, ignore_index, can_ignore):
+    """(status, y, x[row, y], weight[y]) of a class-label row; status 0: compute, 1: ignored,
+    2: bad label, 3: no row. x[row, y] is read here, before any lane writes the row (out=x)."""
+    status = 3
+    y = 0
+    xy = np.float64(0.0)
+    wy = np.float64(1.0)
+    if row < x.shape[0]:
+        yl = labels[row]
+        if can_ignore and yl == ignore_index:
+            status = 1
+        elif yl < 0 or yl >= x.shape[1]:
+            status = 2
+        else:
+            status = 0
+            y = yl
+            xy = np.float64(x[row, y])
+            wy = _weight(w, y)
+    return status, y, xy, wy
+
+
+@cuda.jit(device=True)
+def _lse_step(m, s, v):
+    """Online softmax: the state (m, s) after one more logit v."""
+    if v > m:
+        return v, s * _exp(m - v) + 1.0
+    if v != -_INF:
+        return m, s + _exp(v - m)  # NaN lands here: s becomes NaN
+    return m, s
+
+
+def _make_seg_reduce(merge):
+    """``seg_reduce(sm_a, sm_b, sm_c, sm_d, a, b, c, d, width)``: every lane's (a, b, c, d)
+    folded over its segment with ``merge(sm_a, sm_b, sm_c, sm_d, dst, src)`` in one fixed halving
+    tree; every lane gets the segment's result. Every thread of the block must call it (it holds
+    barriers)."""
+    @cuda.jit(device=True)
+    def seg_reduce(sm_a, sm_b, sm_c, sm_d, a, b, c, d, width):
+        tid = cuda.threadIdx.x
+        lane = tid % width
+        sm_a[tid] = a
+        sm_b[tid] = b
+        sm_c[tid] = c
+        sm_d[tid] = d
+        cuda.syncthreads()
+        st = width // 2
+        while st > 0:
+            if lane < st:
+                merge(sm_a, sm_b, sm_c, sm_d, tid, tid + st)
+            cuda.syncthreads()
+            st //= 2
+        seg = tid - lane
+        return sm_a[seg], sm_b[seg], sm_c[seg], sm_d[seg]
+
+    return seg_reduce
+
+
+@cuda.jit(device=True)
+def _merge_lse_sums(sm_m, sm_s, sm_a, sm_b, i, k):
+    """Slot k into slot i: (m, s) as online-softmax states, a and b summed."""
+    mm, ss = _merge_lse(sm_m[i], sm_s[i], sm_m[k], sm_s[k])
+    sm_m[i] = mm
+    sm_s[i] = ss
+    sm_a[i] += sm_a[k]
+    sm_b[i] += sm_b[k]
+
+
+@cuda.jit(device=True)
+def _merge_sums(sm_a, sm_b, unused_c, unused_d, i, k):
+    """Slot k into slot i: a and b summed (c and d are not used)."""
+    sm_a[i] += sm_a[k]
+    sm_b[i] += sm_b[k]
+
+
+@cuda.jit(device=True)
+def _merge_argmax(sm_v, sm_j, sm_nan, unused_d, i, k):
+    """Slot k into slot i: the first maximal (value, index), index -1 meaning none; the NaN flag
+    the larger of the two."""
+    v2 = sm_v[k]
+    j2 = sm_j[k]
+    v1 = sm_v[i]
+    j1 = sm_j[i]
+    if v2 > v1 or (v2 == v1 and j2 >= 0 and (j1 < 0 or j2 < j1)):
+        sm_v[i] = v2
+        sm_j[i] = j2
+    if sm_nan[k] > sm_nan[i]:
+        sm_nan[i] = sm_nan[k]
+
+
+_seg_lse = _make_seg_reduce(_merge_lse_sums)
+_seg_sums = _make_seg_reduce(_merge_sums)
+_seg_argmax = _make_seg_reduce(_merge_argmax)
+
+
+@cuda.jit(device=True)
+def _softmax_scale(gs, coef, s, m):
+    """gs * coef / s, the factor of exp(x_j - m) in the gradient; NaN for a +inf logit."""
+    if m == _INF:
+        return _NAN
+    return gs * coef / s
+
+
+@cuda.jit(device=True)
+def _fill_row(g, row, width, value):
+    """This lane's entries of gradient row ``row`` set to ``value``."""
+    for j in range(cuda.threadIdx.x % width, g.shape[1], width):
+        g[row, j] = value
+
+
+@cuda.jit(device=True)
+def _add_row_loss(loss_out, row, loss, acc):
+    """acc + loss, storing loss_out[row] when per-row losses are asked for."""
+    if loss_out.shape[0] > 0:
+        loss_out[row] = loss
+    return acc + loss
+
+
 # ---------------------------------------------------------------------------------------------
 # Final reduction and the label pre-pass
 # ---------------------------------------------------------------------------------------------
@@ -167,12 +309,11 @@ def finish_kernel(partials, den, den_host, result):
 def label_weight_kernel(labels, n_classes, ignore_index, w, partials):
     """Partial sums of weight[y] (or 1) over labels that are not ignore_index and in range."""
     sm = cuda.shared.array(TPB, np.float64)
-    has_w = w.shape[0] > 0
     acc = np.float64(0.0)
     for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, labels.shape[0], cuda.gridDim.x * TPB):
         y = labels[i]
         if y != ignore_index and y >= 0 and y < n_classes:
-            acc += np.float64(w[y]) if has_w else 1.0
+            acc += _weight(w, y)
     _block_partial(sm, acc, partials)
 
 
@@ -184,78 +325,33 @@ def label_weight_kernel(labels, n_classes, ignore_index, w, partials):
 @cuda.jit
 def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, gs_stride,
                          den, loss_out, partials, width):
-    sm_m = cuda.shared.array(TPB, np.float64)
-    sm_s = cuda.shared.array(TPB, np.float64)
-    sm_a = cuda.shared.array(TPB, np.float64)
-    sm_w = cuda.shared.array(TPB, np.float64)
-    tid = cuda.threadIdx.x
-    lane = tid % width
-    seg = tid - lane
-    rows_per_block = TPB // width
-    n = x.shape[0]
+    sm = cuda.shared.array((4, TPB), np.float64)  # per thread: m, s, sum_j w_j x_j, sum_j w_j
+    lane = cuda.threadIdx.x % width
     c = x.shape[1]
-    has_w = w.shape[0] > 0
-    write_g = g.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
     inv_c = 1.0 / c
+    write_g = g.shape[0] > 0
+    has_w = w.shape[0] > 0
     smooth_w = eps != 0.0 and has_w  # sum_j w_j is then reduced with the row (no host sync)
     acc = np.float64(0.0)
-    n_groups = (n + rows_per_block - 1) // rows_per_block
-    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
-        row = grp * rows_per_block + tid // width
-        status = 3  # 0: compute, 1: ignored, 2: bad label, 3: no row
-        y = 0
-        if row < n:
-            yl = labels[row]
-            if yl == ignore_index:
-                status = 1
-            elif yl < 0 or yl >= c:
-                status = 2
-            else:
-                status = 0
-                y = yl
+    for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
+        row = _row_of(grp, width)
+        status, y, xy, wy = _label_row(x, labels, w, row, ignore_index, True)
         # one pass: online max / sum of exponentials, and sum_j w_j x_j for label smoothing
         m = -_INF
         s = np.float64(0.0)
         sx = np.float64(0.0)
         sw = np.float64(0.0)
-        xy = np.float64(0.0)
-        wy = np.float64(1.0)
         if status == 0:
-            xy = np.float64(x[row, y])  # read before any thread writes this row (out=x)
-            if has_w:
-                wy = np.float64(w[y])
             for j in range(lane, c, width):
                 vj = np.float64(x[row, j])
-                if vj > m:
-                    s = s * _exp(m - vj) + 1.0
-                    m = vj
-                elif vj != -_INF:
-                    s += _exp(vj - m)  # NaN lands here: s becomes NaN
+                m, s = _lse_step(m, s, vj)
                 if eps != 0.0:
-                    wj = np.float64(w[j]) if has_w else 1.0
+                    wj = _weight(w, j)
                     sw += wj
                     if wj != 0.0:
                         sx += wj * vj
-        sm_m[tid] = m
-        sm_s[tid] = s
-        sm_a[tid] = sx
-        sm_w[tid] = sw
-        cuda.syncthreads()
-        st = width // 2
-        while st > 0:  # one fixed tree for the (m, s) states and the two sums
-            if lane < st:
-                mm, ss = _merge_lse(sm_m[tid], sm_s[tid], sm_m[tid + st], sm_s[tid + st])
-                sm_m[tid] = mm
-                sm_s[tid] = ss
-                sm_a[tid] += sm_a[tid + st]
-                sm_w[tid] += sm_w[tid + st]
-            cuda.syncthreads()
-            st //= 2
-        m = sm_m[seg]
-        s = sm_s[seg]
-        sx = sm_a[seg]
-        w_sum = sm_w[seg] if smooth_w else np.float64(c)
+        m, s, sx, sw = _seg_lse(sm[0], sm[1], sm[2], sm[3], m, s, sx, sw, width)
+        w_sum = sw if smooth_w else np.float64(c)
         loss = np.float64(0.0)
         lse = np.float64(0.0)
         if status == 0:
@@ -268,32 +364,23 @@ def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gscale_ar
         elif status == 2:
             loss = _NAN
         if lane == 0 and status != 3:
-            if has_lo:
-                loss_out[row] = loss
-            acc += loss
-        if write_g and status != 3:
-            if status == 0:
-                gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
-                coef = (1.0 - eps) * wy + eps * w_sum * inv_c
-                if z != 0.0:
-                    coef += 2.0 * z * wy * lse
-                a = gs * coef / s
-                if m == _INF:
-                    a = _NAN
-                cs = gs * eps * inv_c
-                for j in range(lane, c, width):
-                    e = _exp(np.float64(x[row, j]) - m)
-                    wj = np.float64(w[j]) if has_w else 1.0
-                    val = e * a - cs * wj
-                    if j == y:
-                        val -= gs * (1.0 - eps) * wy
-                    g[row, j] = val
-            else:
-                fill = 0.0 if status == 1 else _NAN
-                for j in range(lane, c, width):
-                    g[row, j] = fill
+            acc = _add_row_loss(loss_out, row, loss, acc)
+        if write_g and status == 0:
+            gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
+            coef = (1.0 - eps) * wy + eps * w_sum * inv_c
+            if z != 0.0:
+                coef += 2.0 * z * wy * lse
+            a = _softmax_scale(gs, coef, s, m)
+            cs = gs * eps * inv_c
+            for j in range(lane, c, width):
+                val = _exp(np.float64(x[row, j]) - m) * a - cs * _weight(w, j)
+                if j == y:
+                    val -= gs * (1.0 - eps) * wy
+                g[row, j] = val
+        elif write_g and status != 3:
+            _fill_row(g, row, width, 0.0 if status == 1 else _NAN)
         cuda.syncthreads()  # the segment's leader slot is rewritten by the next group
-    _block_partial(sm_a, acc, partials)
+    _block_partial(sm[0], acc, partials)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,91 +388,59 @@ def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gscale_ar
 # ---------------------------------------------------------------------------------------------
 
 
+@cuda.jit(device=True)
+def _soft_target(t, w, row, j, keep, add):
+    """The smoothed, weighted target of entry (row, j)."""
+    tj = keep * np.float64(t[row, j]) + add
+    if w.shape[0] > 0:
+        tj *= np.float64(w[j])
+    return tj
+
+
 @cuda.jit
 def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gscale_arr, gs_stride, den, loss_out,
                                partials, width):
-    sm_m = cuda.shared.array(TPB, np.float64)
-    sm_s = cuda.shared.array(TPB, np.float64)
-    sm_r = cuda.shared.array(TPB, np.float64)
-    sm_q = cuda.shared.array(TPB, np.float64)
-    tid = cuda.threadIdx.x
-    lane = tid % width
-    seg = tid - lane
-    rows_per_block = TPB // width
-    n = x.shape[0]
+    sm = cuda.shared.array((4, TPB), np.float64)  # per thread: m, s, r, q
+    lane = cuda.threadIdx.x % width
     c = x.shape[1]
-    has_w = w.shape[0] > 0
-    write_g = g.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
     keep = 1.0 - eps
     add = eps * (1.0 / c)
+    write_g = g.shape[0] > 0
     acc = np.float64(0.0)
-    n_groups = (n + rows_per_block - 1) // rows_per_block
-    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
-        row = grp * rows_per_block + tid // width
-        active = row < n
+    for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
+        row = _row_of(grp, width)
+        active = row < x.shape[0]
         m = -_INF
         s = np.float64(0.0)
-        r = np.float64(0.0)
-        q = np.float64(0.0)
+        r = np.float64(0.0)  # sum_j t_j
+        q = np.float64(0.0)  # sum_j t_j x_j
         if active:
             for j in range(lane, c, width):
                 vj = np.float64(x[row, j])
-                tj = keep * np.float64(t[row, j]) + add
-                if has_w:
-                    tj *= np.float64(w[j])
+                tj = _soft_target(t, w, row, j, keep, add)
                 r += tj
                 if tj != 0.0:
                     q += tj * vj
-                if vj > m:
-                    s = s * _exp(m - vj) + 1.0
-                    m = vj
-                elif vj != -_INF:
-                    s += _exp(vj - m)
-        sm_m[tid] = m
-        sm_s[tid] = s
-        sm_r[tid] = r
-        sm_q[tid] = q
-        cuda.syncthreads()
-        st = width // 2
-        while st > 0:  # one fixed tree for the (m, s) states and the two sums
-            if lane < st:
-                mm, ss = _merge_lse(sm_m[tid], sm_s[tid], sm_m[tid + st], sm_s[tid + st])
-                sm_m[tid] = mm
-                sm_s[tid] = ss
-                sm_r[tid] += sm_r[tid + st]
-                sm_q[tid] += sm_q[tid + st]
-            cuda.syncthreads()
-            st //= 2
-        m = sm_m[seg]
-        s = sm_s[seg]
-        r = sm_r[seg]
-        q = sm_q[seg]
+                m, s = _lse_step(m, s, vj)
+        m, s, r, q = _seg_lse(sm[0], sm[1], sm[2], sm[3], m, s, r, q, width)
         if active:
             lse = _lse_of(m, s)
             loss = r * lse - q
             if z != 0.0:
                 loss += z * r * lse * lse
             if lane == 0:
-                if has_lo:
-                    loss_out[row] = loss
-                acc += loss
+                acc = _add_row_loss(loss_out, row, loss, acc)
             if write_g:
                 gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
                 coef = r
                 if z != 0.0:
                     coef += 2.0 * z * r * lse
-                a = gs * coef / s
-                if m == _INF:
-                    a = _NAN
+                a = _softmax_scale(gs, coef, s, m)
                 for j in range(lane, c, width):
                     e = _exp(np.float64(x[row, j]) - m)
-                    tj = keep * np.float64(t[row, j]) + add
-                    if has_w:
-                        tj *= np.float64(w[j])
-                    g[row, j] = e * a - gs * tj
+                    g[row, j] = e * a - gs * _soft_target(t, w, row, j, keep, add)
         cuda.syncthreads()
-    _block_partial(sm_q, acc, partials)
+    _block_partial(sm[0], acc, partials)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,36 +453,16 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
                              gs_stride, den, loss_out, partials, width):
     sm_a = cuda.shared.array(TPB, np.float64)
     sm_b = cuda.shared.array(TPB, np.float64)
-    sm_j = cuda.shared.array(TPB, np.int64)
-    tid = cuda.threadIdx.x
-    lane = tid % width
-    seg = tid - lane
-    rows_per_block = TPB // width
-    n = x.shape[0]
+    sm_j = cuda.shared.array(TPB, np.int64)  # also the unused slots of the two reductions
+    lane = cuda.threadIdx.x % width
     c = x.shape[1]
-    has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
     acc = np.float64(0.0)
-    n_groups = (n + rows_per_block - 1) // rows_per_block
-    for grp in range(cuda.blockIdx.x, n_groups, cuda.gridDim.x):
-        row = grp * rows_per_block + tid // width
-        status = 3  # 0: compute, 2: bad label, 3: no row
-        y = 0
-        if row < n:
-            yl = labels[row]
-            if yl < 0 or yl >= c:
-                status = 2
-            else:
-                status = 0
-                y = yl
-        xy = np.float64(0.0)
-        wy = np.float64(1.0)
+    for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
+        row = _row_of(grp, width)
+        status, y, xy, wy = _label_row(x, labels, w, row, 0, False)  # no ignore_index
         gs = np.float64(0.0)
         if status == 0:
-            xy = np.float64(x[row, y])  # read before any thread writes this row (out=x)
-            if has_w:
-                wy = np.float64(w[y])
             gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
         loss = np.float64(0.0)
         if not crammer_singer:
@@ -452,20 +487,11 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
                         dsum += d
                         if write_g:
                             g[row, j] = d  # j != y: x[row, y] stays readable
-            sm_a[tid] = lsum
-            sm_b[tid] = dsum
-            cuda.syncthreads()
-            st = width // 2
-            while st > 0:
-                if lane < st:
-                    sm_a[tid] += sm_a[tid + st]
-                    sm_b[tid] += sm_b[tid + st]
-                cuda.syncthreads()
-                st //= 2
+            lsum, dsum, _, _ = _seg_sums(sm_a, sm_b, sm_j, sm_j, lsum, dsum, 0, 0, width)
             if status == 0:
-                loss = sm_a[seg] * f
+                loss = lsum * f
                 if write_g and lane == 0:
-                    g[row, y] = -sm_b[seg]
+                    g[row, y] = -dsum
         else:
             # Crammer-Singer: the first maximal j != y, merged (value, index) in a fixed tree
             best = -_INF
@@ -480,28 +506,9 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
                             jb = j
                         if vj != vj:
                             nan = 1.0
-            sm_a[tid] = best
-            sm_b[tid] = nan
-            sm_j[tid] = jb
-            cuda.syncthreads()
-            st = width // 2
-            while st > 0:
-                if lane < st:
-                    b2 = sm_a[tid + st]
-                    j2 = sm_j[tid + st]
-                    b1 = sm_a[tid]
-                    j1 = sm_j[tid]
-                    if b2 > b1 or (b2 == b1 and j2 >= 0 and (j1 < 0 or j2 < j1)):
-                        sm_a[tid] = b2
-                        sm_j[tid] = j2
-                    if sm_b[tid + st] > sm_b[tid]:
-                        sm_b[tid] = sm_b[tid + st]
-                cuda.syncthreads()
-                st //= 2
+            best, jb, nan, _ = _seg_argmax(sm_a, sm_j, sm_b, sm_b, best, jb, nan, nan, width)
             if status == 0:
-                best = sm_a[seg]
-                jb = sm_j[seg]
-                zz = margin + best - xy if sm_b[seg] == 0.0 else _NAN
+                zz = margin + best - xy if nan == 0.0 else _NAN
                 if c == 1:  # one class: no j != y, no term (as PyTorch), NaN score or not
                     zz = -_INF
                 h = zz if not zz <= 0.0 else 0.0
@@ -526,12 +533,9 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
         if status == 2:
             loss = _NAN
             if write_g:
-                for j in range(lane, c, width):
-                    g[row, j] = _NAN
+                _fill_row(g, row, width, _NAN)
         if lane == 0 and status != 3:
-            if has_lo:
-                loss_out[row] = loss
-            acc += loss
+            acc = _add_row_loss(loss_out, row, loss, acc)
         cuda.syncthreads()
     _block_partial(sm_a, acc, partials)
 
@@ -573,7 +577,22 @@ def _kl_div_item(x, t, log_target, unused):
     return _NAN, -t
 
 
-def _make_elementwise(item):
+@cuda.jit(device=True)
+def _same_params(p0, p1, i):
+    """The item function's two float parameters, the same for every item."""
+    return p0, p1
+
+
+@cuda.jit(device=True)
+def _bce_weights(w, pw, i):
+    """(weight, pos_weight) of flat item i: arrays broadcast by i % size, 1 when empty."""
+    wi = np.float64(w[i % w.shape[0]]) if w.shape[0] > 0 else np.float64(1.0)
+    pwi = np.float64(pw[i % pw.shape[0]]) if pw.shape[0] > 0 else np.float64(1.0)
+    return wi, pwi
+
+
+def _make_elementwise(item, params=_same_params):
+    """The grid-stride kernel of ``item``; ``params(p0, p1, i)`` gives item i's two parameters."""
     @cuda.jit
     def kernel(x, t, p0, p1, g, gscale, gscale_arr, gs_stride, loss_out, partials):
         sm = cuda.shared.array(TPB, np.float64)
@@ -582,7 +601,8 @@ def _make_elementwise(item):
         has_lo = loss_out.shape[0] > 0
         acc = np.float64(0.0)
         for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
-            loss, d = item(np.float64(x[i]), np.float64(t[i]), p0, p1)
+            a, b = params(p0, p1, i)
+            loss, d = item(np.float64(x[i]), np.float64(t[i]), a, b)
             if has_lo:
                 loss_out[i] = loss
             if write_g:
@@ -594,27 +614,7 @@ def _make_elementwise(item):
     return kernel
 
 
-@cuda.jit
-def sigmoid_bce_kernel(x, t, w, pw, g, gscale, gscale_arr, gs_stride, loss_out, partials):
-    sm = cuda.shared.array(TPB, np.float64)
-    n_w = w.shape[0]
-    n_pw = pw.shape[0]
-    write_g = g.shape[0] > 0
-    has_gscale_arr = gscale_arr.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
-    acc = np.float64(0.0)
-    for i in range(cuda.blockIdx.x * TPB + cuda.threadIdx.x, x.shape[0], cuda.gridDim.x * TPB):
-        wi = np.float64(w[i % n_w]) if n_w > 0 else np.float64(1.0)
-        pwi = np.float64(pw[i % n_pw]) if n_pw > 0 else np.float64(1.0)
-        loss, d = _sigmoid_bce_item(np.float64(x[i]), np.float64(t[i]), wi, pwi)
-        if has_lo:
-            loss_out[i] = loss
-        if write_g:
-            gs = gscale * np.float64(gscale_arr[i * gs_stride]) if has_gscale_arr else gscale
-            g[i] = d * gs
-        acc += loss
-    _block_partial(sm, acc, partials)
-
+sigmoid_bce_kernel = _make_elementwise(_sigmoid_bce_item, _bce_weights)  # p0, p1: weight arrays
 
 ELEMENTWISE = {
     "huber": _make_elementwise(_huber_item),
