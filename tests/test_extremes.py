@@ -5,7 +5,7 @@ spelled out (PyTorch gives the same values)."""
 import numpy as np
 import pytest
 
-from cases import CPU_BACKENDS, DTYPES, TOL, backend_or_skip, call, make_inputs, seeded_rng
+from cases import BACKENDS, DTYPES, TOL, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss import reference
 from fastloss._specs import SPECS
 
@@ -37,7 +37,7 @@ def assert_matches_rounded_reference(actual, expected, dtype, what):
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("extreme", list(EXTREMES))
 @pytest.mark.parametrize("name", list(SPECS))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_extreme_inputs(backend, name, extreme, dtype):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
@@ -52,7 +52,7 @@ def test_extreme_inputs(backend, name, extreme, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_corner_cases(backend, dtype):
     backend_or_skip(backend)
     x = np.array([
@@ -75,7 +75,7 @@ def test_softmax_corner_cases(backend, dtype):
     assert np.all(np.isinf(smooth))  # smoothing puts mass on masked classes: +inf, as PyTorch
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_with_every_row_ignored(backend):
     backend_or_skip(backend)
     x = np.random.default_rng().standard_normal((4, 3))

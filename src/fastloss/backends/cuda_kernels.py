@@ -556,6 +556,8 @@ def _sigmoid_bce_item(x, t, w, pw):
     else:
         e = _exp(x)  # NaN lands here: NaN out
         loss = -pw * t * x + lw * _log1p(e)
+        if x == -_INF:  # the formula's NaN there, as PyTorch and the CPU backends
+            loss = (1.0 - t) * x - lw * x
         sig = e / (1.0 + e)
     return w * loss, w * (lw * sig - pw * t)
 
