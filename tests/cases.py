@@ -15,7 +15,10 @@ from fastloss import reference
 from fastloss._dispatch import BackendUnavailable, get_backend
 from fastloss._specs import CLASSES, CLASSES_OR_PROBS, ROWS, SPECS
 
-CPU_BACKENDS = ("numpy", "cython", "numba")
+# every backend; the shared tests parametrise over this one list. ``cuda`` takes the same NumPy
+# inputs (copied to the device, NumPy results back): it runs under Numba's simulator
+# (NUMBA_ENABLE_CUDASIM=1, selected with ``-k cuda``) or on a GPU, and skips elsewhere
+BACKENDS = ("numpy", "cython", "numba", "cuda")
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -67,6 +70,14 @@ def backend_or_skip(name):
             pytest.fail(f"FASTLOSS_REQUIRE names {name!r}, but {exc}")
         pytest.skip(str(exc))
     return name
+
+
+def skip_if_simulated(backend, why):
+    """Skip ``cuda`` under Numba's CUDA simulator (each GPU thread a Python thread, one kernel at
+    a time), which cannot do ``why`` (a large shape: minutes; concurrent kernels); on a GPU the
+    test runs."""
+    if backend == "cuda" and get_backend("cuda").SIM:
+        pytest.skip(f"not in the CUDA simulator: {why}")
 
 
 def make_inputs(name, case, dtype, rng, shape=(5, 7)):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cases import CPU_BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
+from cases import BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss._specs import ROWS, SPECS
 
 
@@ -20,7 +20,7 @@ def _expect(exc, match, name, entry, x, t, backend, **kwargs):
 
 @pytest.mark.parametrize("entry", ("loss", "grad", "loss_and_grad"))
 @pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.layout == ROWS])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_label_names_position_and_value(backend, name, entry):
     backend_or_skip(backend)
     _, rng = seeded_rng()
@@ -38,7 +38,7 @@ def test_bad_label_names_position_and_value(backend, name, entry):
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_shape_dtype_option_and_out_errors(backend, name):
     backend_or_skip(backend)
     spec = SPECS[name]
@@ -78,7 +78,7 @@ def test_shape_dtype_option_and_out_errors(backend, name):
         e(ValueError, r"labels\[2, 3\] = 0.5", t=bad)
 
 
-@pytest.mark.parametrize("backend", ("numpy", "cython", "numba", "warp", None))
+@pytest.mark.parametrize("backend", (*BACKENDS, "warp", None))
 def test_unknown_backend_names_the_value(backend):
     if backend is None or backend == "warp":
         with pytest.raises(ValueError, match=repr(backend)):

@@ -8,17 +8,17 @@ ones, and ``cuda`` under Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``) or on a 
 4. Integer options and labels of every integer type: only ValueError/TypeError escape.
 
 Shapes are small, so softmax_xent's default calls take the hot-loop small-call path where a
-backend has one: it must give the same errors and results as the general road.
+backend has one: it must give the same errors and results as the general road. (Device arrays
+as ``out``: test_cuda.py.)
 """
 
 import numpy as np
 import pytest
 
-from cases import backend_or_skip, call, make_inputs, seeded_rng
+from cases import BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss import reference
 from fastloss._specs import ROWS, SPECS
 
-BACKENDS = ("numpy", "cython", "numba", "cuda")
 # (loss, option case): every loss, softmax_xent also with probability targets and with weights
 LOSS_CASES = [(name, {}) for name in SPECS] + [
     ("softmax_xent", {"probs": True}),
@@ -219,24 +219,3 @@ def test_integer_options_and_label_dtypes(backend):
         with pytest.raises(ValueError, match=f"{option} must be within the float64 range"):
             call(name, "loss", x, t, backend=backend, **{option: 10**400})
 
-
-def test_device_out_overlapping_the_input_raises():
-    """Device arrays: out shifted by one element over x, or over x's last row, raises; out=x works."""
-    backend_or_skip("cuda")
-    from numba import cuda
-
-    _, rng = seeded_rng()
-    x = rng.standard_normal((4, 5))
-    t = rng.standard_normal((4, 5))
-    buf = cuda.to_device(np.concatenate([x.ravel(), rng.standard_normal(20)]))
-    xd, td = buf[:20].reshape(4, 5), cuda.to_device(t)
-    for out in (buf[1:21].reshape(4, 5), buf[15:35].reshape(4, 5)):
-        for name in ("mse", "sigmoid_bce"):
-            with pytest.raises(ValueError, match="out shares memory with predictions|out shares memory with logits"):
-                call(name, "grad", xd, td, backend="cuda", out=out)
-        with pytest.raises(ValueError, match="out shares memory with logits"):
-            call("softmax_xent", "grad", xd, cuda.to_device(np.array([0, 1, 2, 3])), backend="cuda", out=out)
-    np.testing.assert_array_equal(buf.copy_to_host()[:20], x.ravel())
-    got = call("mse", "grad", xd, td, backend="cuda", out=xd)
-    np.testing.assert_allclose(xd.copy_to_host(), reference.grad("mse", x, t), rtol=1e-12)
-    assert got is xd

@@ -4,8 +4,9 @@ plus finite differences, leading batch dims, out=, grad_output and the kinks."""
 import numpy as np
 import pytest
 
-from cases import (ALL_CASES, CPU_BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, assert_reference,
-                   backend_or_skip, call, case_id, kink_distance, make_inputs, rel_err, seeded_rng)
+from cases import (ALL_CASES, BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, assert_reference,
+                   backend_or_skip, call, case_id, kink_distance, make_inputs, rel_err, seeded_rng,
+                   skip_if_simulated)
 from fastloss import reference
 from fastloss._specs import ROWS, SPECS
 
@@ -22,7 +23,7 @@ def test_every_option_has_a_case():
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference(backend, name, case, dtype, reduction, entry):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
@@ -42,16 +43,17 @@ def test_matches_reference(backend, name, case, dtype, reduction, entry):
     loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
     if loss is not None:
         expected = reference.loss(name, x, t, reduction, **opts)
+        assert isinstance(loss, np.ndarray if reduction == "none" else dtype)  # NumPy scalar or array
         assert np.asarray(loss).dtype == dtype and np.shape(loss) == np.shape(expected)
         assert rel_err(loss, expected) <= tol, f"seed={seed} loss {loss} != {expected}"
     if grad is not None:
         expected = reference.grad(name, x, t, reduction, grad_output, **opts)
-        assert grad.dtype == dtype and grad.shape == x.shape
+        assert isinstance(grad, np.ndarray) and grad.dtype == dtype and grad.shape == x.shape
         assert rel_err(grad, expected) <= tol, f"seed={seed} grad err {rel_err(grad, expected)}"
 
 
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_matches_finite_differences(backend, name, case):
     """4th-order central differences of the backend's own float64 loss, away from kinks."""
     backend_or_skip(backend)
@@ -75,11 +77,13 @@ def test_gradient_matches_finite_differences(backend, name, case):
 
 
 @pytest.mark.parametrize("shape", ((37, 3), (70, 16), (300, 10), (5, 17)))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_many_rows_of_few_classes(backend, shape):
     """Row losses over many short rows: the kernels' row-tile paths (full tiles, a partial last
     tile, rows side by side in vector lanes), every option case, per-row losses and gradients."""
     backend_or_skip(backend)
+    if shape[0] * shape[1] > 2000:  # CUDA's own row geometries: test_cuda.py
+        skip_if_simulated(backend, f"every row loss and case on {shape}")
     seed, rng = seeded_rng()
     for name in [n for n in OPTION_CASES if SPECS[n].layout == ROWS]:
         for case in OPTION_CASES[name]:
@@ -98,12 +102,13 @@ def test_many_rows_of_few_classes(backend, shape):
 
 
 @pytest.mark.parametrize("shape", ((2101, 1001), (257, 8193), (200003, 11)))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_large_gradients(backend, shape):
     """softmax_xent on gradients of over 8 MB: the kernels stream them out (non-temporal stores
     of whole lines, rows not line-aligned; few classes: blocks of rows side by side); in place
     (out=x) they do not."""
     backend_or_skip(backend)
+    skip_if_simulated(backend, f"{shape[0] * shape[1]:,}-element gradients")
     seed, rng = seeded_rng()
     for case in OPTION_CASES["softmax_xent"]:
         x, t, opts = make_inputs("softmax_xent", case, np.float32, rng, shape)
@@ -124,26 +129,32 @@ def test_large_gradients(backend, shape):
         assert rel_err(scaled, reference.grad("softmax_xent", x, t, "none", grad_output, **opts)) <= tol, where
 
 
-# (shape, dtype, reduction, tolerance): leading batch dims, 1-D, a single item, and more than
-# 8 MB of float32 gradient (streamed out, blocks not line-aligned)
+# (shape, dtype, reduction, tolerance): leading batch dims, 1-D (short, and longer than a vector
+# or a warp), a single item, and more than 8 MB of float32 gradient (streamed out, blocks not
+# line-aligned)
 SHAPES = [((2, 3, 2, 5), np.float64, "none", 1e-12), ((6,), np.float64, "none", 1e-12),
-          ((1, 1), np.float64, "none", 1e-12), ((1031, 2039), np.float32, "mean", TOL[np.float32] * 10)]
+          ((1, 1), np.float64, "none", 1e-12), ((70,), np.float64, "none", 1e-12),
+          ((1031, 2039), np.float32, "mean", TOL[np.float32] * 10)]
 
 
 @pytest.mark.parametrize("shape,dtype,reduction,tol", SHAPES, ids=lambda v: "x".join(map(str, v))
                          if isinstance(v, tuple) else None)
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_shapes(backend, name, shape, dtype, reduction, tol):
     backend_or_skip(backend)
+    if np.prod(shape) > 10**6:
+        skip_if_simulated(backend, f"{np.prod(shape):,} elements")
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, OPTION_CASES[name][-1], dtype, rng, shape)
     loss, grad = call(name, "loss_and_grad", x, t, reduction=reduction, backend=backend, **opts)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype and grad.shape == shape
+    assert np.shape(loss) == np.shape(reference.loss(name, x, t, reduction, **opts))
     assert_reference(name, x, t, loss, grad, tol, reduction, f"seed={seed} {shape}", **opts)
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_out_receives_gradient_and_may_be_the_input(backend, name):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
@@ -164,7 +175,7 @@ def test_out_receives_gradient_and_may_be_the_input(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_readonly_and_integer_inputs(backend, name):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
@@ -191,7 +202,7 @@ def test_noncontiguous_readonly_and_integer_inputs(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend, name):
     backend_or_skip(backend)
     shape = (0, 4) if SPECS[name].layout == ROWS else (0,)
@@ -204,7 +215,7 @@ def test_empty_batch(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_nan_out(backend, name):
     backend_or_skip(backend)
     seed, rng = seeded_rng()
@@ -217,7 +228,7 @@ def test_nan_in_nan_out(backend, name):
     assert ignored or np.isnan(call(name, "loss", x, t, backend=backend, **opts))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_xent_masks(backend):
     backend_or_skip(backend)
     x = np.array([[0.5, -np.inf, 2.0, -1.0], [-np.inf, 1.0, -np.inf, -np.inf], [1.0, 2.0, -np.inf, 0.0]])
@@ -229,9 +240,11 @@ def test_softmax_xent_masks(backend):
     assert np.all(np.isfinite(grad)) and grad[0, 1] == 0
     probs = np.array([[0.5, 0.0, 0.5, 0.0]])
     assert np.isfinite(call("softmax_xent", "loss", x[:1], probs, backend=backend))
+    x_inf = np.array([[0.0, np.inf, 1.0]])  # a +inf logit: NaN, as PyTorch
+    assert np.isnan(call("softmax_xent", "loss", x_inf, np.array([0]), backend=backend))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_kinks_use_pytorch_subgradients(backend):
     backend_or_skip(backend)
     d = np.array([[-1.0, 0.0, 1.0, 0.5]])
@@ -248,3 +261,8 @@ def test_kinks_use_pytorch_subgradients(backend):
     cs = call("multiclass_hinge", "grad", scores, np.array([0]), backend=backend, reduction="sum",
               mode="crammer_singer")
     np.testing.assert_array_equal(cs, [[-1, 0, 1, 0]])  # tie between classes 2 and 3: the first wins
+    wide = np.zeros((1, 19))
+    wide[0, [5, 11, 17]] = 2.0  # the first maximum in another vector lane / CUDA thread than the later ones
+    cs = call("multiclass_hinge", "grad", wide, np.array([0]), backend=backend, reduction="sum",
+              mode="crammer_singer")
+    assert cs[0, 5] == 1 and cs[0, 0] == -1 and np.count_nonzero(cs) == 2

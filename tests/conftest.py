@@ -1,0 +1,49 @@
+"""Session setup shared by every test module: Numba's CUDA simulator, where it is on
+(``NUMBA_ENABLE_CUDASIM=1``), made faster and thread-safe for the ``cuda`` tests."""
+
+import os
+import sys
+import threading
+import traceback
+
+import numpy as np
+import pytest
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
+
+
+def _thread_safe_shared_arrays():
+    """The simulator runs each GPU thread as a Python thread, and its ``cuda.shared.array`` gives
+    the threads of a block one array per call site by check-then-set (numba-cuda 0.30): two
+    threads can each create their own, and a thread's writes to shared memory are then lost (a
+    wrong sum now and then). Here the check-then-set holds a lock."""
+    try:
+        from numba.cuda.simulator import kernelapi
+    except ImportError:  # no numba-cuda: no simulator to run
+        return
+    original, lock = kernelapi.FakeCUDAShared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory (one buffer), or the error
+            return original(self, shape, dtype, alignment)
+        site = traceback.extract_stack(sys._getframe(1), limit=1)[0][:2]  # the caller's file and line
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        with lock:
+            if site not in self._allocations:
+                self._allocations[site] = np.empty(shape, dtype)
+            return self._allocations[site]
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cuda_simulator():
+    """Under the simulator: shared arrays made thread-safe, and a short GIL switch interval (each
+    GPU thread busy-waits at barriers as a Python thread: ~5x faster). Restored after."""
+    old = sys.getswitchinterval()
+    if SIMULATOR:
+        _thread_safe_shared_arrays()
+        sys.setswitchinterval(5e-4)
+    yield
+    sys.setswitchinterval(old)
