@@ -141,25 +141,31 @@ cdef inline Py_ssize_t _n_bad_labels(const floating* t, Py_ssize_t start, Py_ssi
     return n_bad
 
 
-def binary_label_check(const floating[::1] t, n_threads=1):
-    """Position of the first label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
-    A branch-free count runs first, in blocks on n_threads threads (it vectorises); the position
-    is searched only on failure."""
-    cdef Py_ssize_t i, b, n = t.shape[0], nb = n_blocks_for(n), n_bad = 0, first = -1
+cdef Py_ssize_t _first_bad_label(const floating* t, Py_ssize_t n, int threads) noexcept nogil:
+    """Position of the first of n labels not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or
+    -1. A branch-free count runs first, in blocks on ``threads`` threads (it vectorises); the
+    position is searched only on failure."""
+    cdef Py_ssize_t i, b, nb = item_blocks(n, 1), n_bad = 0
     cdef Py_ssize_t counts[MAX_BLOCKS]
-    cdef int threads = clamp_threads(n_threads)
     cdef floating v
-    if n == 0:
+    for b in prange(nb, schedule='static', num_threads=threads):
+        counts[b] = _n_bad_labels(t, block_start(b, nb, n), block_start(b + 1, nb, n))
+    for b in range(nb):
+        n_bad += counts[b]
+    if n_bad:
+        for i in range(n):
+            v = t[i]
+            if v != 1 and v != -1 and v != 0 and v == v:
+                return i
+    return -1
+
+
+def binary_label_check(const floating[::1] t, n_threads=1):
+    """Position of the first label not in {-1, 0, +1} (NaN passes), or -1."""
+    cdef Py_ssize_t first
+    cdef int threads = clamp_threads(n_threads)
+    if t.shape[0] == 0:
         return -1
     with nogil:
-        for b in prange(nb, schedule='static', num_threads=threads):
-            counts[b] = _n_bad_labels(&t[0], block_start(b, nb, n), block_start(b + 1, nb, n))
-        for b in range(nb):
-            n_bad += counts[b]
-        if n_bad:
-            for i in range(n):
-                v = t[i]
-                if v != 1 and v != -1 and v != 0 and v == v:
-                    first = i
-                    break
+        first = _first_bad_label(&t[0], t.shape[0], threads)
     return first

@@ -1,8 +1,8 @@
-# The road's checks in C for the common host call of every loss: plain (C-contiguous, aligned,
-# native) float32/float64 arrays, class labels of any integer width, each option of the loss as a
+# The road's checks in C for the common small host call of every loss (fewer elements than use
+# threads; the hot loop): plain (C-contiguous, aligned, native) float32/float64 arrays, class labels of any integer width, each option of the loss as a
 # Python scalar or a plain array of its exact shape, any reduction, a scalar grad_output, out None
 # or a plain array. Such a call runs the kernels of the general road with the same arguments (the
-# same blocks, the same thread count), so its results are bitwise the general road's. Anything
+# same blocks, one thread, as the general road at that size), so its results are bitwise the general road's. Anything
 # else (another layout, dtype or broadcast, an array grad_output, a bad label, any error) returns
 # NotImplemented, and the general road checks it in Python and raises where the call is wrong.
 
@@ -45,7 +45,6 @@ cdef struct Call:
     void* g
     double gscale
     void* lo
-    int n_threads
 
 
 cdef double _run_call(Call* c, bint f32) noexcept nogil:
@@ -58,16 +57,16 @@ cdef double _run_typed(Call* c, floating* typed) noexcept nogil:
     cdef const floating* x = <const floating*>c.x
     if c.loss == L_SOFTMAX_XENT:
         return _softmax_xent_all(x, c.lab, <const floating*>c.w, c.w_sum, c.N, c.C, c.ignore_index,
-                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
     if c.loss == L_SOFTMAX_XENT_PROBS:
         return _softmax_xent_probs_all(x, <const floating*>c.t, <const floating*>c.w, c.N, c.C, c.eps,
-                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
     if c.loss == L_MULTICLASS_HINGE:
         return _multiclass_hinge_all(x, c.lab, <const floating*>c.w, c.N, c.C, c.a, c.squared,
                                      c.crammer_singer, <floating*>c.g, c.gscale, NULL, <floating*>c.lo,
-                                     c.n_threads)
+                                     1)
     return _elementwise_all(c.kind, x, <const floating*>c.t, <const floating*>c.w, <const floating*>c.pw,
-                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, c.n_threads)
+                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
 
 
 cdef inline bint _plain(object a, int typenum, bint writeable) noexcept:
@@ -157,11 +156,11 @@ cdef object _int64_labels(object labels, Py_ssize_t n):
 
 
 def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, dict options,
-              dict defaults, Py_ssize_t parallel_min, int num_threads):
+              dict defaults, Py_ssize_t parallel_min):
     """The public entry point's result for the common host call of ``loss`` with ``options``
-    (``defaults``: the loss's options and their defaults; see the top of this file), run on one
-    thread below ``parallel_min`` elements and on ``num_threads`` above; NotImplemented for any
-    other call, which the general road then checks."""
+    (``defaults``: the loss's options and their defaults; see the top of this file) on fewer
+    than ``parallel_min`` elements, run on one thread; NotImplemented for any other call, which
+    the general road then checks."""
     cdef Call c
     cdef object lid = _LOSSES.get(loss)
     cdef object eid = _ENTRIES.get(entry)
@@ -186,7 +185,9 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
     ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
     dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
     n = cnp.PyArray_SIZE(<cnp.ndarray>x)
-    if n == 0 or (rows and ndim == 0) or (red == 3 and loss != "kl_div"):
+    # below parallel_min elements only, on one thread: above, the general road's checks cost
+    # nothing next to the kernel (and its label pre-pass measured 4x faster than this one's)
+    if n == 0 or n >= parallel_min or (rows and ndim == 0) or (red == 3 and loss != "kl_div"):
         return NotImplemented
     c.C = dims[ndim - 1] if rows else 1
     c.N = n // c.C
@@ -298,9 +299,9 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
         if has_ignore:
             denom = v
     if c.loss == L_ELEMENTWISE and c.kind == EW_HINGE:
-        y = (_n_bad_labels[float](<const float*>c.t, 0, n) if f32
-             else _n_bad_labels[double](<const double*>c.t, 0, n))
-        if y:
+        y = (_first_bad_label[float](<const float*>c.t, n, 1) if f32
+             else _first_bad_label[double](<const double*>c.t, n, 1))
+        if y >= 0:
             return NotImplemented
     if red == 3:
         denom = <double>dims[0] if ndim else 1.0
@@ -318,12 +319,7 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
         loss_out = cnp.PyArray_EMPTY(item_ndim, <cnp.npy_intp*>dims, typenum, 0)
         c.lo = cnp.PyArray_DATA(<cnp.ndarray>loss_out)
     c.x = cnp.PyArray_DATA(<cnp.ndarray>x)
-    c.n_threads = 1 if n < parallel_min else num_threads
-    if n >= parallel_min:  # worth releasing the GIL
-        with nogil:
-            total = _run_call(&c, f32)
-    else:
-        total = _run_call(&c, f32)
+    total = _run_call(&c, f32)
     if want == 1:
         return grad
     if red == 2:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _validation as v
 from ._specs import ELEMENTS
-from ._threads import PARALLEL_MIN, get_num_threads, threads_for
+from ._threads import PARALLEL_MIN, threads_for
 
 BACKENDS = {
     "numpy": "fastloss.backends.numpy",
@@ -189,7 +189,7 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     fast = getattr(kernels, "fast_call", None)
     if fast is not None:  # the common call, checked in compiled code
         result = fast(spec.name, entry, x, target, out, reduction, grad_output, options, spec.options,
-                      PARALLEL_MIN, get_num_threads())
+                      PARALLEL_MIN)
         if result is not NotImplemented:
             return result
     p = prepare(spec, entry, x, target, reduction, grad_output, out, options, kernels)

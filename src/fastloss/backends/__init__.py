@@ -57,13 +57,13 @@ any loss kernel runs, so loss kernels may trust their labels.
 
 The road's fast step (optional)
     ``fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults,
-    parallel_min, num_threads)``: the dispatch layer offers every host call to it first, before
-    any validation (``entry`` is 'loss', 'grad' or 'loss_and_grad', ``options`` the options
-    given, ``defaults`` the loss's options with their defaults). It returns the public entry
-    point's result where it can check the whole call cheaply, running the kernels above on one
-    thread below ``parallel_min`` input elements and on ``num_threads`` from there, and
-    ``NotImplemented`` for anything else, which the general road then validates. It must return
-    exactly (bitwise) what the general road returns. The hot-loop call (32 x 10) is mostly this.
+    parallel_min)``: the dispatch layer offers every host call to it first, before any
+    validation (``entry`` is 'loss', 'grad' or 'loss_and_grad', ``options`` the options given,
+    ``defaults`` the loss's options with their defaults). Below ``parallel_min`` input elements
+    it returns the public entry point's result where it can check the whole call cheaply,
+    running the kernels above on one thread, and ``NotImplemented`` for anything else, which the
+    general road then validates. It must return exactly (bitwise) what the general road returns.
+    The hot-loop call (32 x 10) is mostly this.
 
 The ``cuda`` backend (``numba_cuda``, with its kernels in ``cuda_kernels``) takes device arrays
 and keeps its own conventions: ``fastloss._device`` validates and allocates, then calls its

@@ -401,8 +401,7 @@ _PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT64 = np.dtype(np.int64)
 
 
-def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, parallel_min,
-              num_threads):
+def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, parallel_min):
     """The road's fast step (see fastloss.backends): softmax_xent with no option given, plain 2-D
     float arrays, int64 labels, reduction 'mean'/'sum', under ``parallel_min`` elements (one
     thread); NotImplemented for anything else."""
