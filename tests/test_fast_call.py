@@ -11,8 +11,8 @@ from fastloss import _dispatch
 from fastloss._specs import SPECS
 from fastloss._threads import PARALLEL_MIN
 
-# the backends whose fast step answers every common call (numba's: softmax_xent's defaults)
-EVERY_LOSS = {"cython"}
+# the backends whose fast step answers every common call
+EVERY_LOSS = {"cython", "numba"}
 ENTRIES = ("loss", "grad", "loss_and_grad")
 
 

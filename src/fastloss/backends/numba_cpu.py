@@ -145,6 +145,7 @@ _MAX_BLOCKS = 256
 _BLOCK_ELEMENTS = 16384
 
 
+@njit
 def _n_blocks(n_items, item_size):
     nb = (n_items * max(item_size, 1)) // _BLOCK_ELEMENTS
     return max(1, min(nb, _MAX_BLOCKS, n_items))
@@ -344,11 +345,11 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
 
 
 def _make_softmax_xent(block):
-    """(serial, parallel, small) kernels of softmax_xent over ``block`` (the row or the lane
-    kernel: each compiles only when its kind of shape first comes); ``small`` is the serial one
-    behind the labels' check, for fast_call."""
+    """(serial, parallel) kernels of softmax_xent over ``block`` (the row or the lane kernel:
+    each compiles only when its kind of shape first comes), in the ``_blocked`` argument order
+    (``stream`` last)."""
 
-    def impl(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream, n_blocks):
+    def impl(n_blocks, x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, stream):
         n = x.shape[0]
         w_sum = 0.0
         if w.shape[0] > 0:
@@ -362,25 +363,7 @@ def _make_softmax_xent(block):
                             *_bounds(b, n_blocks, n))
         return _in_order(sums)
 
-    serial, parallel = _twice(impl)
-
-    @njit(**_OPTS)
-    def small(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, n_blocks, mean):
-        """The labels checked and counted, then the serial kernel: (False, 0) on a bad label
-        (nothing written), else (True, the reduced loss)."""
-        count = 0.0
-        for i in range(labels.shape[0]):
-            y = labels[i]
-            if y != ignore_index:
-                if y < 0 or y >= x.shape[1]:
-                    return False, 0.0
-                count += 1.0
-        if mean:
-            gscale = gscale / count  # IEEE: inf or NaN when every row is ignored, as the general road
-        total = serial(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, loss_out, False, n_blocks)
-        return True, total / count if mean else total
-
-    return serial, parallel, small
+    return _twice(impl)
 
 
 _SOFTMAX_XENT = {False: _make_softmax_xent(_softmax_xent_block), True: _make_softmax_xent(_softmax_xent_lanes_block)}
@@ -389,56 +372,12 @@ _SOFTMAX_XENT = {False: _make_softmax_xent(_softmax_xent_block), True: _make_sof
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
-    serial, parallel, _ = _SOFTMAX_XENT[x.shape[1] <= _LANES_C]
-    return _run(serial, parallel, n_threads,
+    serial, parallel = _SOFTMAX_XENT[x.shape[1] <= _LANES_C]
+    return _run(serial, parallel, n_threads, _n_blocks(x.shape[0], x.shape[1]),
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
                 float(z_loss), _E2[k] if grad is None else grad, float(gscale),
                 _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
-                _streaming(grad, x.shape[1]), _n_blocks(x.shape[0], x.shape[1]))
-
-
-_PLAIN_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_INT64 = np.dtype(np.int64)
-
-
-def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, parallel_min):
-    """The road's fast step (see fastloss.backends): softmax_xent with no option given, plain 2-D
-    float arrays, int64 labels, reduction 'mean'/'sum', under ``parallel_min`` elements (one
-    thread); NotImplemented for anything else."""
-    if (loss != "softmax_xent" or options or type(x) is not np.ndarray or type(target) is not np.ndarray
-            or x.ndim != 2 or x.dtype not in _PLAIN_FLOATS or target.dtype != _INT64 or target.ndim != 1
-            or not 0 < x.size < parallel_min or target.shape[0] != x.shape[0]
-            or reduction not in ("mean", "sum") or type(grad_output) is not float
-            or defaults["weight"] is not None or not (x.flags.c_contiguous and target.flags.c_contiguous)):
-        return NotImplemented
-    labels = target
-    grad = _E2[x.dtype.itemsize]
-    if entry != "loss":
-        if out is None:
-            grad = np.empty(x.shape, x.dtype)
-        elif (type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
-              and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, labels)
-              and (out is x or not np.may_share_memory(out, x) or out.ctypes.data == x.ctypes.data)):
-            # x itself (same shape, dtype, contiguity), or apart from it; else the road raises
-            grad = out
-        else:
-            return NotImplemented
-    elif out is not None:
-        return NotImplemented
-    k = x.dtype.itemsize
-    ok, value = _SOFTMAX_XENT[x.shape[1] <= _LANES_C][2](_ro(x), _ro(labels), _R1[k], defaults["ignore_index"],
-                                      defaults["label_smoothing"], defaults["z_loss"], grad,
-                                      grad_output if entry == "grad" else 1.0, _R64, _E1[k],
-                                      _n_blocks(x.shape[0], x.shape[1]), reduction == "mean")
-    if not ok:
-        return NotImplemented  # a bad label: the general road raises
-    if entry == "grad":
-        return grad
-    value = x.dtype.type(value)
-    return value if entry == "loss" else (value, grad)
-
-
-
+                _streaming(grad, x.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,3 +688,247 @@ def mae(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
 def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads):
     return _elementwise(_kl_div_k, x, target, bool(log_target), False, grad, gscale, gscale_arr,
                         loss_out, n_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The road's fast step (see fastloss.backends): the common small call checked in Python with a
+# few attribute tests, then one compiled call that checks what needs the data (overlap of out,
+# labels), computes the mean's denominator and runs the serial kernel the general road runs, with
+# the same arguments and blocks: bitwise its result. Arrays go in as they come (no read-only
+# views: ~0.4 us each), so this compiles its own specialisations of the kernels.
+# ---------------------------------------------------------------------------------------------
+
+@njit(inline="always")
+def _apart(a, b):
+    """Whether the memory of two contiguous arrays is disjoint."""
+    pa, pb = a.ctypes.data, b.ctypes.data
+    return pa >= pb + b.nbytes or pb >= pa + a.nbytes
+
+
+# How the fast step shapes its arrays: (N, C) rows and (N,) labels or items
+@njit(inline="always")
+def _as_rows(a, n, n_cols):
+    return a.reshape((n, n_cols))
+
+
+@njit(inline="always")
+def _as_items(a, n, n_cols):
+    return a.reshape(n)
+
+
+# ... and what the targets need first: (position of the first bad one or -1, the mean's denominator)
+@njit(inline="always")
+def _values(t, n, n_cols, before):
+    return -1, float(n)
+
+
+@njit(inline="always")
+def _labels_counted(t, n, n_cols, before):  # softmax_xent: before = (weight, ignore_index, ...)
+    w_sum, bad = _label_weight_sum(t, n_cols, before[1], True, before[0])
+    return bad, w_sum
+
+
+@njit(inline="always")
+def _labels(t, n, n_cols, before):  # before = (weight, ...)
+    _, bad = _label_weight_sum(t, n_cols, 0, False, before[0])
+    return bad, float(n)
+
+
+@njit(inline="always")
+def _binary_labels(t, n, n_cols, before):
+    return (-1 if _n_bad_labels(t, 0, n) == 0 else 0), float(n)
+
+
+def _make_fast(serial, rows, targets, item_size):
+    """The compiled half of the fast step over ``serial`` (a ``_blocked``-order kernel; ``rows``:
+    a row loss; ``targets``: their check and the mean's denominator; ``item_size``: as the general
+    road's ``_n_blocks``): (0, the reduced loss), or (1, 0.0) when the call must take the general
+    road (out overlaps an input, a bad label), with nothing written."""
+    as_x = _as_rows if rows else _as_items
+    as_t = _as_items if targets in (_labels_counted, _labels) else as_x
+
+    @njit(**_OPTS)
+    def fast(x, t, g, loss_out, before, after, g0, red):
+        n_cols = x.shape[-1] if rows else 1
+        n = x.size // n_cols
+        if g is not None:  # x itself, or apart from the inputs
+            if (g.ctypes.data != x.ctypes.data and not _apart(g, x)) or not _apart(g, t):
+                return 1, 0.0
+        tt = as_t(t, n, n_cols)
+        bad, denom = targets(tt, n, n_cols, before)
+        if bad >= 0:
+            return 1, 0.0
+        if red == 3:  # batchmean
+            denom = float(x.shape[0])
+        mean = red == 0 or red == 3
+        gscale = g0 / denom if mean else g0
+        if g is None:
+            gg = np.empty((1, 0), x.dtype) if rows else np.empty(0, x.dtype)
+        else:
+            gg = as_x(g, n, n_cols)
+        ll = np.empty(0, x.dtype) if loss_out is None else loss_out.reshape(n)
+        total = serial(_n_blocks(n, item_size * n_cols), as_x(x, n, n_cols), tt, *before, gg, gscale,
+                       np.empty(0), ll, *after)
+        return 0, total / denom if mean else total
+
+    return fast
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_LABEL_DTYPES = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32))
+_ENTRIES = {"loss": 0, "grad": 1, "loss_and_grad": 2}
+_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}
+_INT64_MAX = np.iinfo(np.int64).max
+_ROW_LOSSES = frozenset(("softmax_xent", "multiclass_hinge"))
+_BATCHMEAN = frozenset(("kl_div",))
+
+
+def _real(v):
+    return type(v) is float or (type(v) is int and abs(v) < 1e300)
+
+
+# each option's check on the value given (the defaults pass); an array option is checked by its loss
+_OPTION_OK = {
+    "weight": lambda v: v is None or type(v) is np.ndarray,
+    "pos_weight": lambda v: v is None or type(v) is np.ndarray,
+    "ignore_index": lambda v: type(v) is int and -_INT64_MAX - 1 <= v <= _INT64_MAX,
+    "label_smoothing": lambda v: _real(v) and 0.0 <= v <= 1.0,
+    "z_loss": lambda v: _real(v) and v >= 0.0,
+    "delta": lambda v: _real(v) and 0.0 < v,
+    "margin": lambda v: _real(v) and abs(v) < np.inf,
+    "squared": lambda v: type(v) is bool,
+    "log_target": lambda v: type(v) is bool,
+    "mode": lambda v: v == "weston_watkins" or v == "crammer_singer",
+}
+
+
+def _vector(v, dtype, shape):
+    """An option array as the kernels take it: the empty stand-in for None, the array itself
+    when plain and of exactly this dtype and shape, else False."""
+    if v is None:
+        return _R1[dtype.itemsize]
+    if v.dtype is dtype and v.shape == shape and v.flags.c_contiguous:
+        return v
+    return False
+
+
+def _is_labels(t, x):
+    return t.dtype in _LABEL_DTYPES and t.shape == x.shape[:-1] and t.flags.c_contiguous
+
+
+def _is_values(t, x):
+    return t.dtype is x.dtype and t.shape == x.shape and t.flags.c_contiguous
+
+
+_NO_STREAM = (False,)  # small gradients are never streamed
+
+
+def _softmax_xent_step(x, t, o):
+    w = _vector(o["weight"], x.dtype, x.shape[-1:])
+    if w is False or x.ndim < 2:
+        return None
+    if _is_labels(t, x):
+        return (_FAST_SOFTMAX_XENT[x.shape[-1] <= _LANES_C],
+                (w, o["ignore_index"], float(o["label_smoothing"]), float(o["z_loss"])), _NO_STREAM)
+    if _is_values(t, x):
+        return _FAST_SOFTMAX_XENT_PROBS, (w, float(o["label_smoothing"]), float(o["z_loss"])), ()
+    return None
+
+
+def _multiclass_hinge_step(x, t, o):
+    w = _vector(o["weight"], x.dtype, x.shape[-1:])
+    if w is False or x.ndim < 2 or not _is_labels(t, x):
+        return None
+    return (_FAST_MULTICLASS_HINGE,
+            (w, float(o["margin"]), o["squared"], o["mode"] == "crammer_singer"), ())
+
+
+def _sigmoid_bce_step(x, t, o):
+    w = _vector(o["weight"], x.dtype, x.shape)  # broadcast weights take the general road
+    pw = _vector(o["pos_weight"], x.dtype, x.shape[-1:])
+    if w is False or pw is False or not _is_values(t, x):
+        return None
+    return _FAST_SIGMOID_BCE, (w.reshape(-1), pw), ()  # the kernel's items are flat
+
+
+def _elementwise_step(fast, params):
+    def step(x, t, o):
+        return (fast, params(o), ()) if _is_values(t, x) else None
+    return step
+
+
+def _fast_elementwise(kernels, targets=_values):
+    return _make_fast(kernels[0], False, targets, 1)
+
+
+_FAST_SOFTMAX_XENT = {lanes: _make_fast(_SOFTMAX_XENT[lanes][0], True, _labels_counted, 1) for lanes in (False, True)}
+_FAST_SOFTMAX_XENT_PROBS = _make_fast(_softmax_xent_probs_s, True, _values, 2)
+_FAST_MULTICLASS_HINGE = _make_fast(_multiclass_hinge_s, True, _labels, 1)
+_FAST_SIGMOID_BCE = _make_fast(_sigmoid_bce_s, False, _values, 8)
+
+_STEPS = {
+    "softmax_xent": _softmax_xent_step,
+    "multiclass_hinge": _multiclass_hinge_step,
+    "sigmoid_bce": _sigmoid_bce_step,
+    "huber": _elementwise_step(_fast_elementwise(_huber_k), lambda o: (float(o["delta"]), False)),
+    "hinge": _elementwise_step(_fast_elementwise(_hinge_k, _binary_labels), lambda o: (float(o["margin"]), o["squared"])),
+    "mse": _elementwise_step(_fast_elementwise(_mse_k), lambda o: (0.0, False)),
+    "mae": _elementwise_step(_fast_elementwise(_mae_k), lambda o: (0.0, False)),
+    "kl_div": _elementwise_step(_fast_elementwise(_kl_div_k), lambda o: (o["log_target"], False)),
+}
+
+
+def fast_call(loss, entry, x, target, out, reduction, grad_output, options, defaults, parallel_min):
+    """The road's fast step (see fastloss.backends and the section's comment): plain C-contiguous
+    float32/float64 inputs under ``parallel_min`` elements (one thread), labels of any integer
+    dtype up to 32 bits and int64, options as Python scalars or arrays of their exact shape and
+    dtype, a scalar grad_output, out None or a plain array; NotImplemented for anything else."""
+    step = _STEPS.get(loss)
+    want = _ENTRIES.get(entry)
+    red = _REDUCTIONS.get(reduction)
+    if step is None or want is None or red is None or type(x) is not np.ndarray or type(target) is not np.ndarray:
+        return NotImplemented
+    dtype = x.dtype
+    if ((dtype is not _F32 and dtype is not _F64) or not 0 < x.size < parallel_min or x.ndim == 0
+            or not x.flags.c_contiguous or (red == 3 and loss not in _BATCHMEAN)):
+        return NotImplemented
+    g0 = 1.0
+    if want == 1:
+        if not _real(grad_output):
+            return NotImplemented
+        g0 = float(grad_output)
+    opts = defaults
+    if options:
+        opts = dict(defaults)
+        for key, value in options.items():
+            if key not in defaults or not _OPTION_OK[key](value):
+                return NotImplemented  # an unknown option or value: the general road names it
+            opts[key] = value
+    plan = step(x, target, opts)
+    if plan is None:
+        return NotImplemented
+    fast, before, after = plan
+    grad = loss_out = None
+    if want != 0:
+        if out is None:
+            grad = np.empty(x.shape, dtype)
+        else:
+            flags = out.flags if type(out) is np.ndarray else None
+            if flags is None or out.dtype is not dtype or out.shape != x.shape or not (flags.c_contiguous and flags.writeable):
+                return NotImplemented
+            for a in before:  # weights (rare): apart from out
+                if type(a) is np.ndarray and a.size and np.may_share_memory(a, out):
+                    return NotImplemented
+            grad = out
+    elif out is not None:
+        return NotImplemented
+    if red == 2 and want != 1:
+        loss_out = np.empty(x.shape[:-1] if loss in _ROW_LOSSES else x.shape, dtype)
+    status, value = fast(x, target, grad, loss_out, before, after, g0, red)
+    if status:
+        return NotImplemented
+    if want == 1:
+        return grad
+    value = loss_out if red == 2 else dtype.type(value)
+    return value if want == 0 else (value, grad)
+
