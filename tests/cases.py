@@ -49,8 +49,14 @@ OPTION_CASES = {
     "mse": [{}],
     "mae": [{}],
     "kl_div": [{}, {"log_target": True}],
+    "smooth_l1": [{}, {"beta": 0.4}, {"beta": 0.0}, {"beta": 3.0}],
+    "log_cosh": [{}],
+    "msle": [{}],
+    "poisson_nll": [{}, {"full": True}, {"log_input": False}, {"log_input": False, "full": True, "eps": 1e-3}],
+    "sigmoid_focal": [{}, {"alpha": 0.7, "gamma": 0.5}, {"alpha": -1.0, "gamma": 0.0}, {"gamma": 3.0, "binary": True}],
+    "cosine_similarity": [{}],
 }
-TEST_ONLY_KEYS = ("probs", "zero_one")
+TEST_ONLY_KEYS = ("probs", "zero_one", "binary")
 
 
 def seeded_rng():
@@ -113,6 +119,15 @@ def make_inputs(name, case, dtype, rng, shape=(5, 7)):
         x = np.log(rng.dirichlet(np.ones(shape[-1]), shape[:-1])).astype(dtype)
     elif name == "sigmoid_bce":
         target = rng.uniform(0, 1, shape).astype(dtype)
+    elif name == "sigmoid_focal":  # soft targets, or the 0/1 labels of detection
+        target = (rng.integers(0, 2, shape) if case.get("binary") else rng.uniform(0, 1, shape)).astype(dtype)
+    elif name == "msle":  # some predictions below the clamp (no gradient there)
+        x = np.where(rng.random(shape) < 0.2, -rng.uniform(0, 1, shape), rng.uniform(0, 4, shape)).astype(dtype)
+        target = rng.uniform(0, 4, shape).astype(dtype)
+    elif name == "poisson_nll":  # counts; rates > 0 when not log_input
+        target = rng.poisson(2.0, shape).astype(dtype)
+        if not options.get("log_input", True):
+            x = rng.uniform(0.1, 4.0, shape).astype(dtype)
     else:
         target = (rng.standard_normal(shape) * 2.0).astype(dtype)
     return x, target, options
@@ -123,8 +138,12 @@ def kink_distance(name, x, target, options):
     x = np.asarray(x, np.float64)
     if name == "huber":
         return np.min(np.abs(np.abs(x - target) - options.get("delta", 1.0)))
-    if name == "mae":
+    if name == "mae" or (name == "smooth_l1" and options.get("beta", 1.0) == 0):
         return np.min(np.abs(x - target))
+    if name == "smooth_l1":  # the second derivative jumps at |d| = beta: keep the stencil off it
+        return np.min(np.abs(np.abs(x - target) - options["beta"]))
+    if name == "msle":
+        return np.min(np.abs(x - 1e-7))
     if name == "hinge":
         y = np.where(np.asarray(target) > 0, 1.0, -1.0)
         return np.min(np.abs(options.get("margin", 1.0) - y * x))

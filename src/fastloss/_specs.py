@@ -88,5 +88,36 @@ SPECS = {
             input_name="log_probs",
             reductions=("mean", "sum", "none", "batchmean"),
         ),
+        LossSpec(
+            "smooth_l1", ELEMENTS, VALUES, dict(beta=1.0),
+            "0.5*d**2/beta if |d| < beta else |d| - 0.5*beta, d = x - target (beta=0: |d|)",
+            input_name="predictions",
+        ),
+        LossSpec(
+            "log_cosh", ELEMENTS, VALUES, {},
+            "log(cosh(d)) = |d| + log1p(exp(-2|d|)) - log(2), d = x - target",
+            input_name="predictions",
+        ),
+        LossSpec(
+            "msle", ELEMENTS, VALUES, {},
+            "(log1p(max(x, 1e-7)) - log1p(max(target, 1e-7)))**2, no gradient where x < 1e-7",
+            input_name="predictions",
+        ),
+        LossSpec(
+            "poisson_nll", ELEMENTS, VALUES, dict(log_input=True, full=False, eps=1e-8),
+            "exp(x) - target*x (log_input), else x - target*log(x + eps); full adds "
+            "target*log(target) - target + 0.5*log(2*pi*target) where target > 1",
+            input_name="predictions",
+        ),
+        LossSpec(
+            "sigmoid_focal", ELEMENTS, VALUES, dict(alpha=0.25, gamma=2.0),
+            "alpha_t * (1 - p_t)**gamma * bce(x, target), p = sigmoid(x), p_t = p*t + (1-p)*(1-t), "
+            "alpha_t = alpha*t + (1-alpha)*(1-t) (1 when alpha < 0)",
+        ),
+        LossSpec(
+            "cosine_similarity", ROWS, VALUES, {},
+            "-sum(xn * tn) over the last axis, vn = v / sqrt(max(sum(v**2), 1e-12))",
+            input_name="predictions",
+        ),
     )
 }

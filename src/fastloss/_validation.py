@@ -78,6 +78,13 @@ def _real(spec, name, value, low=-math.inf, high=math.inf, low_open=False):
     return value
 
 
+def _finite(spec, name, value, low):
+    value = _real(spec, name, value, low)
+    if not math.isfinite(value):
+        raise ValueError(f"{spec.name}: {name} must be finite, got {value!r}")
+    return value
+
+
 def _flag(spec, name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{spec.name}: {name} must be True or False, got {value!r}")
@@ -166,11 +173,11 @@ def check_options(spec, options, x_shape, dtype):
             out[name] = _real(spec, name, value, 0.0)
         elif name == "delta":
             out[name] = _real(spec, name, value, 0.0, low_open=True)
-        elif name == "margin":
-            out[name] = _real(spec, name, value, -math.inf)
-            if not math.isfinite(out[name]):
-                raise ValueError(f"{spec.name}: margin must be finite, got {value!r}")
-        elif name in ("squared", "log_target"):
+        elif name in ("margin", "alpha"):
+            out[name] = _finite(spec, name, value, -math.inf)
+        elif name in ("beta", "eps", "gamma"):
+            out[name] = _finite(spec, name, value, 0.0)
+        elif name in ("squared", "log_target", "log_input", "full"):
             out[name] = _flag(spec, name, value)
         else:  # pragma: no cover - a spec option without a check is a bug in this file
             raise AssertionError(f"no check for option {name!r}")

@@ -133,6 +133,65 @@ def _kl_div(x, t, log_target=False):
     return loss, -t * np.ones_like(x), float(x.size)
 
 
+def _smooth_l1(x, t, beta=1.0):
+    d = x - t
+    small = np.abs(d) < beta
+    loss = np.where(small, 0.5 * d**2 / np.where(small, beta, 1.0), np.abs(d) - 0.5 * beta)
+    return loss, np.where(small, d / np.where(small, beta, 1.0), np.sign(d)), float(x.size)
+
+
+def _log_cosh(x, t):
+    d = x - t
+    a = np.abs(d)
+    return a + np.log1p(np.exp(-2 * a)) - np.log(2.0), np.tanh(d), float(x.size)
+
+
+_MSLE_CLAMP = 1e-7  # Keras' epsilon
+
+
+def _msle(x, t):
+    lx = np.log1p(np.maximum(x, _MSLE_CLAMP))  # NaN stays NaN (np.maximum propagates it)
+    d = lx - np.log1p(np.maximum(t, _MSLE_CLAMP))
+    flows = ~(x < _MSLE_CLAMP)  # clamp(min=...)'s gradient: 1 where x >= the clamp (and NaN)
+    return d**2, np.where(flows, 2 * d / (1 + x), 0.0), float(x.size)
+
+
+def _poisson_nll(x, t, log_input=True, full=False, eps=1e-8):
+    if log_input:
+        loss, g = np.exp(x) - t * x, np.exp(x) - t
+    else:
+        loss, g = x - t * np.log(x + eps), 1 - t / (x + eps)
+    if full:
+        big = t > 1
+        tt = np.where(big, t, 2.0)
+        loss = loss + np.where(big, tt * np.log(tt) - tt + 0.5 * np.log(2 * np.pi * tt), 0.0)
+    return loss, g, float(x.size)
+
+
+def _sigmoid_focal(x, t, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + np.exp(-x))
+    q = 1 / (1 + np.exp(x))  # 1 - p, exact where p rounds to 1
+    ce = (1 - t) * x + np.logaddexp(0.0, -x)  # bce with logits
+    m = p * (1 - t) + q * t  # 1 - p_t
+    mod = m**gamma
+    a_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else 1.0
+    # d(m**gamma)/dx = gamma * m**(gamma - 1) * p*q*(1 - 2t), written with p*q/m (at most ~1/min(t, 1-t))
+    r = np.where(m > 0, p * q / np.where(m > 0, m, 1.0), 0.0)
+    g = a_t * ((p - t) * mod + ce * gamma * mod * r * (1 - 2 * t))
+    return a_t * ce * mod, g, float(x.size)
+
+
+_COS_CLAMP = 1e-12  # on the squared norm, as Keras' l2_normalize
+
+
+def _cosine_similarity(x, t):
+    sx, st = np.sum(x * x, axis=-1), np.sum(t * t, axis=-1)
+    nx, nt = np.sqrt(np.maximum(sx, _COS_CLAMP)), np.sqrt(np.maximum(st, _COS_CLAMP))
+    loss = -np.sum(x * t, axis=-1) / (nx * nt)
+    g = -t / (nx * nt)[..., None] - np.where(sx > _COS_CLAMP, loss / sx, 0.0)[..., None] * x
+    return loss, g, float(loss.size)
+
+
 LOSSES = {
     "softmax_xent": _softmax_xent,
     "multiclass_hinge": _multiclass_hinge,
@@ -142,6 +201,12 @@ LOSSES = {
     "mse": _mse,
     "mae": _mae,
     "kl_div": _kl_div,
+    "smooth_l1": _smooth_l1,
+    "log_cosh": _log_cosh,
+    "msle": _msle,
+    "poisson_nll": _poisson_nll,
+    "sigmoid_focal": _sigmoid_focal,
+    "cosine_similarity": _cosine_similarity,
 }
 
 

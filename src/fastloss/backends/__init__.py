@@ -16,6 +16,7 @@ Row losses (class axis last), ``x`` of shape ``(N, C)``::
                        grad, gscale, gscale_arr, loss_out, n_threads) -> float
     multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads) -> float
+    cosine_similarity(x, target, grad, gscale, gscale_arr, loss_out, n_threads) -> float
     label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight) -> (float, int)
     binary_label_check(target, n_threads) -> int
                                            (hinge: first label not in {-1, 0, +1}, NaN passes; or -1)
@@ -28,6 +29,11 @@ Elementwise losses, ``x`` flattened to shape ``(n,)``::
     mse(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
     mae(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
     kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
+    smooth_l1(x, target, beta, grad, gscale, gscale_arr, loss_out, n_threads)
+    log_cosh(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
+    msle(x, target, grad, gscale, gscale_arr, loss_out, n_threads)
+    poisson_nll(x, target, log_input, full, eps, grad, gscale, gscale_arr, loss_out, n_threads)
+    sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n_threads)
 
 Arguments common to every loss kernel
     ``weight``      ``(C,)`` class weights (row losses), ``(n,)`` element weights (sigmoid_bce,
@@ -82,4 +88,10 @@ KERNEL_NAMES = (
     "mse",
     "mae",
     "kl_div",
+    "smooth_l1",
+    "log_cosh",
+    "msle",
+    "poisson_nll",
+    "sigmoid_focal",
+    "cosine_similarity",
 )
