@@ -43,6 +43,12 @@ cdef extern from "fl_rows.h" nogil:
     double fl_row_sum_d(const double* x, Py_ssize_t n)
     double fl_row_dot_f(const float* w, const float* x, Py_ssize_t n)
     double fl_row_dot_d(const double* w, const double* x, Py_ssize_t n)
+    void fl_row_sq_dot_f(const float* x, const float* t, Py_ssize_t n, double* sxx, double* stt, double* sxt)
+    void fl_row_sq_dot_d(const double* x, const double* t, Py_ssize_t n, double* sxx, double* stt, double* sxt)
+    void fl_row_cosine_grad_f(float* g, fl_streamer* st, const float* t, const float* x, Py_ssize_t n,
+                              double nn, double k, double gs)
+    void fl_row_cosine_grad_d(double* g, fl_streamer* st, const double* t, const double* x, Py_ssize_t n,
+                              double nn, double k, double gs)
 
 cdef extern from "fl_lanes.h" nogil:
     enum: FL_LANES
@@ -60,11 +66,19 @@ cdef extern from "fl_elementwise.h" nogil:
         EW_MSE "FL_EW_MSE"
         EW_MAE "FL_EW_MAE"
         EW_KL_DIV "FL_EW_KL_DIV"
+        EW_SMOOTH_L1 "FL_EW_SMOOTH_L1"
+        EW_LOG_COSH "FL_EW_LOG_COSH"
+        EW_MSLE "FL_EW_MSLE"
+        EW_POISSON_NLL "FL_EW_POISSON_NLL"
+        EW_SIGMOID_FOCAL "FL_EW_SIGMOID_FOCAL"
+    enum:
+        EW_LOG_INPUT "FL_EW_LOG_INPUT"
+        EW_FULL "FL_EW_FULL"
     double fl_ew_block_f(int kind, const float* x, const float* t, const float* w, const float* pw,
-                         Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         Py_ssize_t n_pw, double a, double b, int flag, Py_ssize_t start, Py_ssize_t stop,
                          float* g, double gscale, const double* gscale_arr, float* lo, int stream)
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
-                         Py_ssize_t n_pw, double a, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         Py_ssize_t n_pw, double a, double b, int flag, Py_ssize_t start, Py_ssize_t stop,
                          double* g, double gscale, const double* gscale_arr, double* lo, int stream)
 
 
@@ -172,6 +186,25 @@ cdef inline double row_wdot(const floating* w, const floating* x, Py_ssize_t n) 
         return fl_row_dot_f(w, x, n)
     else:
         return fl_row_dot_d(w, x, n)
+
+
+cdef inline void row_sq_dot(const floating* x, const floating* t, Py_ssize_t n, double* sxx, double* stt,
+                            double* sxt) noexcept nogil:
+    """sum_j x_j^2, sum_j t_j^2 and sum_j x_j t_j in double lanes (the order fixed by n alone)."""
+    if floating is float:
+        fl_row_sq_dot_f(x, t, n, sxx, stt, sxt)
+    else:
+        fl_row_sq_dot_d(x, t, n, sxx, stt, sxt)
+
+
+cdef inline void row_cosine_grad(floating* g, fl_streamer* st, const floating* t, const floating* x,
+                                 Py_ssize_t n, double nn, double k, double gs) noexcept nogil:
+    """g_j = (-t_j / nn - k x_j) gs, computed in double and rounded once (g may be x: same index
+    only); with st (not NULL) the values are appended to its region instead (g unused)."""
+    if floating is float:
+        fl_row_cosine_grad_f(g, st, t, x, n, nn, k, gs)
+    else:
+        fl_row_cosine_grad_d(g, st, t, x, n, nn, k, gs)
 
 
 cdef inline double row_total(const floating* w, Py_ssize_t n) noexcept nogil:

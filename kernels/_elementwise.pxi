@@ -1,12 +1,15 @@
 # The elementwise losses share one driver: a block function that runs one loss's item formula
 # over a range of elements. The loops live in fl_elementwise.h (fl_ew_block_*): vectorised loops
 # over the item formulas of fl_formulas.h, the block's losses summed in fixed double lanes. Items
-# are computed in double (float32 inputs are widened exactly; for them sigmoid_bce and kl_div use
-# the float variants of fl_formulas.h), the gradient is rounded once.
+# are computed in double (float32 inputs are widened exactly; for them the losses with exp/log --
+# sigmoid_bce, kl_div, log_cosh, msle, poisson_nll, sigmoid_focal -- use the float variants of
+# fl_formulas.h), the gradient is rounded once.
 
 cdef struct EwParams:
-    double a          # huber: delta; hinge: margin
-    bint flag         # hinge: squared; kl_div: log_target
+    double a          # huber: delta; hinge: margin; smooth_l1: beta; poisson_nll: eps;
+                      # sigmoid_focal: alpha
+    double b          # sigmoid_focal: gamma
+    int flag          # hinge: squared; kl_div: log_target; poisson_nll: EW_LOG_INPUT | EW_FULL bits
     Py_ssize_t n_pw   # sigmoid_bce: length of pos_weight (0: none)
 
 
@@ -15,10 +18,10 @@ cdef inline double _ew_block(EwKind kind, const floating* x, const floating* t, 
                              floating* g, double gscale, const double* gscale_arr, floating* lo,
                              bint stream) noexcept nogil:
     if floating is float:
-        return fl_ew_block_f(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
+        return fl_ew_block_f(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.b, prm.flag, start, stop,
                              g, gscale, gscale_arr, lo, stream)
     else:
-        return fl_ew_block_d(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.flag, start, stop,
+        return fl_ew_block_d(<int>kind, x, t, w, pw, prm.n_pw, prm.a, prm.b, prm.flag, start, stop,
                              g, gscale, gscale_arr, lo, stream)
 
 
@@ -80,10 +83,11 @@ cdef double _elementwise_all(EwKind kind, const floating* xp, const floating* tp
     return sum_blocks(sums, nb)
 
 
-cdef object _run_elementwise(EwKind kind, x, target, weight, pos_weight, double a, bint flag,
-                             grad, gscale, gscale_arr, loss_out, n_threads):
+cdef object _run_elementwise(EwKind kind, x, target, weight, pos_weight, double a, int flag,
+                             grad, gscale, gscale_arr, loss_out, n_threads, double b=0.0):
     cdef EwParams prm
     prm.a = a
+    prm.b = b
     prm.flag = flag
     prm.n_pw = 0
     x, target, weight, pos_weight = flat(x), flat(target), flat(weight), flat(pos_weight)
@@ -130,6 +134,37 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
     """Pointwise KL divergence; see fastloss.backends."""
     return _run_elementwise(EW_KL_DIV, x, target, None, None, 0.0, bool(log_target),
                             grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def smooth_l1(x, target, beta, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Smooth L1 (beta = 0: L1); see fastloss.backends."""
+    return _run_elementwise(EW_SMOOTH_L1, x, target, None, None, beta, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def log_cosh(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    """log(cosh(x - target)), stable for any difference; see fastloss.backends."""
+    return _run_elementwise(EW_LOG_COSH, x, target, None, None, 0.0, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def msle(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Mean squared logarithmic error (Keras' clamp at 1e-7); see fastloss.backends."""
+    return _run_elementwise(EW_MSLE, x, target, None, None, 0.0, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def poisson_nll(x, target, log_input, full, eps, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Poisson negative log-likelihood (PyTorch's poisson_nll_loss); see fastloss.backends."""
+    cdef int flag = (EW_LOG_INPUT if log_input else 0) | (EW_FULL if full else 0)
+    return _run_elementwise(EW_POISSON_NLL, x, target, None, None, eps, flag,
+                            grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n_threads):
+    """Sigmoid focal loss (torchvision's sigmoid_focal_loss); see fastloss.backends."""
+    return _run_elementwise(EW_SIGMOID_FOCAL, x, target, None, None, alpha, False,
+                            grad, gscale, gscale_arr, loss_out, n_threads, gamma)
 
 
 cdef inline Py_ssize_t _n_bad_labels(const floating* t, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:

@@ -16,12 +16,13 @@ from libc.math cimport exp, log, isfinite, INFINITY, NAN
 
 from fastloss.formulas cimport (
     relu_keep_nan, hinge_power_grad, softmax_xent_loss, softmax_xent_coef, softmax_xent_grad_y,
-    softmax_xent_probs_loss,
+    softmax_xent_probs_loss, cosine_similarity_loss,
 )
 
 include "_common.pxi"
 include "softmax_xent.pxi"
 include "multiclass_hinge.pxi"
+include "cosine_similarity.pxi"
 include "_elementwise.pxi"
 include "fast_call.pxi"
 

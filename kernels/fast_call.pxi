@@ -1,5 +1,7 @@
 # The road's checks in C for the common small host call of every loss (fewer elements than use
-# threads; the hot loop): plain (C-contiguous, aligned, native) float32/float64 arrays, class labels of any integer width, each option of the loss as a
+# threads; the hot loop): plain (C-contiguous, aligned, native) float32/float64 arrays, class labels of any integer width
+# (float targets of the input's shape and dtype for the elementwise losses, softmax_xent's probabilities and
+# cosine_similarity, whose integer targets the general road converts), each option of the loss as a
 # Python scalar or a plain array of its exact shape, any reduction, a scalar grad_output, out None
 # or a plain array. Such a call runs the kernels of the general road with the same arguments (the
 # same blocks, one thread, as the general road at that size), so its results are bitwise the general road's. Anything
@@ -17,13 +19,18 @@ cdef enum Loss:
     L_SOFTMAX_XENT
     L_SOFTMAX_XENT_PROBS
     L_MULTICLASS_HINGE
+    L_COSINE_SIMILARITY
     L_ELEMENTWISE
 
 _LOSSES = {"softmax_xent": L_SOFTMAX_XENT, "multiclass_hinge": L_MULTICLASS_HINGE,
+           "cosine_similarity": L_COSINE_SIMILARITY,
            "sigmoid_bce": L_ELEMENTWISE, "huber": L_ELEMENTWISE, "hinge": L_ELEMENTWISE,
-           "mse": L_ELEMENTWISE, "mae": L_ELEMENTWISE, "kl_div": L_ELEMENTWISE}
+           "mse": L_ELEMENTWISE, "mae": L_ELEMENTWISE, "kl_div": L_ELEMENTWISE,
+           "smooth_l1": L_ELEMENTWISE, "log_cosh": L_ELEMENTWISE, "msle": L_ELEMENTWISE,
+           "poisson_nll": L_ELEMENTWISE, "sigmoid_focal": L_ELEMENTWISE}
 _EW_KINDS = {"sigmoid_bce": EW_SIGMOID_BCE, "huber": EW_HUBER, "hinge": EW_HINGE, "mse": EW_MSE,
-             "mae": EW_MAE, "kl_div": EW_KL_DIV}
+             "mae": EW_MAE, "kl_div": EW_KL_DIV, "smooth_l1": EW_SMOOTH_L1, "log_cosh": EW_LOG_COSH,
+             "msle": EW_MSLE, "poisson_nll": EW_POISSON_NLL, "sigmoid_focal": EW_SIGMOID_FOCAL}
 _ENTRIES = {"loss": 0, "grad": 1, "loss_and_grad": 2}
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}
 
@@ -32,14 +39,14 @@ cdef struct Call:
     # one validated call, as the kernels take it
     Loss loss
     EwKind kind
-    EwParams prm              # elementwise: a, flag, n_pw
+    EwParams prm              # elementwise: a, b, flag, n_pw
     Py_ssize_t N, C           # rows and classes (elementwise: N = n elements, C = 1)
     const void* x
     const void* t             # float targets, or NULL
     const int64_t* lab        # class labels, or NULL
     const void* w
     const void* pw
-    double w_sum, eps, z, a
+    double w_sum, eps, z, a, b
     int64_t ignore_index
     bint squared, crammer_singer
     void* g
@@ -65,6 +72,9 @@ cdef double _run_typed(Call* c, floating* typed) noexcept nogil:
         return _multiclass_hinge_all(x, c.lab, <const floating*>c.w, c.N, c.C, c.a, c.squared,
                                      c.crammer_singer, <floating*>c.g, c.gscale, NULL, <floating*>c.lo,
                                      1)
+    if c.loss == L_COSINE_SIMILARITY:
+        return _cosine_similarity_all(x, <const floating*>c.t, c.N, c.C, <floating*>c.g, c.gscale, NULL,
+                                      <floating*>c.lo, 1)
     return _elementwise_all(c.kind, x, <const floating*>c.t, <const floating*>c.w, <const floating*>c.pw,
                             c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
 
@@ -197,9 +207,10 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
             return NotImplemented
 
     # options: each one of the loss (its defaults), of the exact type the general road converts
-    c.eps = c.z = c.a = 0.0  # every field set: options the loss lacks stay zero
+    c.eps = c.z = c.a = c.b = 0.0  # every field set: options the loss lacks stay zero
     c.ignore_index = 0
-    c.squared = c.crammer_singer = c.prm.flag = False
+    c.squared = c.crammer_singer = False
+    c.prm.flag = 0
     c.prm.n_pw = 0
     if c.loss == L_ELEMENTWISE:
         c.kind = <EwKind><int>_EW_KINDS[loss]
@@ -237,13 +248,25 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
         elif key == "delta":
             if not _real(value, &c.a) or not (0.0 < c.a <= INFINITY):
                 return NotImplemented
-        elif key == "margin":
+        elif key == "margin" or key == "alpha":
             if not _real(value, &c.a) or not isfinite(c.a):
+                return NotImplemented
+        elif key == "beta" or key == "eps":
+            if not _real(value, &c.a) or not (0.0 <= c.a < INFINITY):
+                return NotImplemented
+        elif key == "gamma":
+            if not _real(value, &c.b) or not (0.0 <= c.b < INFINITY):
                 return NotImplemented
         elif key == "squared" or key == "log_target":
             if type(value) is not bool:
                 return NotImplemented
-            c.squared = c.prm.flag = value
+            c.squared = value
+            c.prm.flag = 1 if value else 0
+        elif key == "log_input" or key == "full":
+            if type(value) is not bool:
+                return NotImplemented
+            if value:
+                c.prm.flag |= EW_LOG_INPUT if key == "log_input" else EW_FULL
         elif key == "mode":
             if value != "crammer_singer" and value != "weston_watkins":
                 return NotImplemented
@@ -253,11 +276,13 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
     if matched != len(options):  # an unknown option: the general road names it
         return NotImplemented
     c.prm.a = c.a
+    c.prm.b = c.b
 
     # targets: class labels of the batch shape, or floats of the input's shape and dtype
     if type(target) is not cnp.ndarray:
         return NotImplemented
-    if rows and cnp.PyArray_ISINTEGER(<cnp.ndarray>target) and not cnp.PyArray_ISBOOL(<cnp.ndarray>target):
+    if (rows and c.loss != L_COSINE_SIMILARITY and cnp.PyArray_ISINTEGER(<cnp.ndarray>target)
+            and not cnp.PyArray_ISBOOL(<cnp.ndarray>target)):
         if not _plain(target, cnp.PyArray_TYPE(<cnp.ndarray>target), False) or not _shape_is(target, ndim - 1, dims):
             return NotImplemented
         labels = _int64_labels(target, c.N)

@@ -14,12 +14,74 @@
  *   fl_row_sum_SUF(x, n) / fl_row_dot_SUF(w, x, n)
  *                                        sum_j x_j / sum_{j: w_j != 0} w_j x_j, in double
  *   fl_lanes_total_SUF(acc, tail)        the NL lane sums acc added pairwise, in a fixed order
+ *   fl_row_sq_dot_SUF(x, t, n, &sxx, &stt, &sxt)
+ *                                        sum_j x_j^2, sum_j t_j^2, sum_j x_j t_j, in double
+ *                                        (16 lanes whatever T, the same order in every build)
+ *   fl_row_cosine_grad_SUF(g, st, t, x, n, nn, k, gs)
+ *                                        g_j = (-t_j / nn - k x_j) gs in double, rounded once (g
+ *                                        may be x: same index only); st != NULL: streamed to
+ *                                        st's region instead
  */
 #ifndef FASTLOSS_ROWS_H
 #define FASTLOSS_ROWS_H
 
 #include "fastloss/include/fl_vecmath.h"
 #include "fl_stream.h"
+
+/* fl_sq_dot16_SUF(x, t, n, axx, att, axt): for n a multiple of 16, the 16 lane sums
+ * a[l] = sum_{j = l mod 16} of x_j^2, t_j^2 and x_j t_j in double (the widened values). With
+ * GCC/clang vector types (a plain lane loop over float -> double compiles to one scalar insert per
+ * element); the same lanes and order either way. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef double fl_v8d __attribute__((vector_size(64)));
+typedef float fl_v8f __attribute__((vector_size(32)));
+/* (statement macros, not functions: a function returning a 64-byte vector draws gcc's ABI note
+ * in the builds without AVX-512) */
+#define fl_load8_f(V, P)                                                                          \
+    do { fl_v8f v8f_; __builtin_memcpy(&v8f_, (P), sizeof v8f_);                                  \
+         (V) = __builtin_convertvector(v8f_, fl_v8d); } while (0)
+#define fl_load8_d(V, P) __builtin_memcpy(&(V), (P), sizeof(fl_v8d))
+#define FL_SQ_DOT16(T, SUF)                                                                       \
+static inline void fl_sq_dot16_##SUF(const T* x, const T* t, ptrdiff_t n, double* axx,           \
+                                     double* att, double* axt) {                                 \
+    fl_v8d xx0 = {0}, xx1 = {0}, tt0 = {0}, tt1 = {0}, xt0 = {0}, xt1 = {0};                      \
+    for (ptrdiff_t j = 0; j < n; j += 16) {                                                      \
+        fl_v8d x0, x1, t0, t1;                                                                   \
+        fl_load8_##SUF(x0, x + j);                                                               \
+        fl_load8_##SUF(x1, x + j + 8);                                                           \
+        fl_load8_##SUF(t0, t + j);                                                               \
+        fl_load8_##SUF(t1, t + j + 8);                                                           \
+        xx0 += x0 * x0;                                                                          \
+        xx1 += x1 * x1;                                                                          \
+        tt0 += t0 * t0;                                                                          \
+        tt1 += t1 * t1;                                                                          \
+        xt0 += x0 * t0;                                                                          \
+        xt1 += x1 * t1;                                                                          \
+    }                                                                                            \
+    __builtin_memcpy(axx, &xx0, 64);                                                             \
+    __builtin_memcpy(axx + 8, &xx1, 64);                                                         \
+    __builtin_memcpy(att, &tt0, 64);                                                             \
+    __builtin_memcpy(att + 8, &tt1, 64);                                                         \
+    __builtin_memcpy(axt, &xt0, 64);                                                             \
+    __builtin_memcpy(axt + 8, &xt1, 64);                                                         \
+}
+#else
+#define FL_SQ_DOT16(T, SUF)                                                                       \
+static inline void fl_sq_dot16_##SUF(const T* x, const T* t, ptrdiff_t n, double* axx,           \
+                                     double* att, double* axt) {                                 \
+    ptrdiff_t j, l;                                                                              \
+    for (l = 0; l < 16; l++) axx[l] = att[l] = axt[l] = 0.0;                                     \
+    for (j = 0; j < n; j += 16)                                                                  \
+        for (l = 0; l < 16; l++) {                                                               \
+            double xv = (double)x[j + l], tv = (double)t[j + l];                                 \
+            axx[l] += xv * xv;                                                                   \
+            att[l] += tv * tv;                                                                   \
+            axt[l] += xv * tv;                                                                   \
+        }                                                                                        \
+}
+#endif
+FL_SQ_DOT16(float, f)
+FL_SQ_DOT16(double, d)
 
 #define FL_ROW_FUNCS(T, SUF, EXP, NL)                                                             \
 FL_INLINE T fl_row_max_##SUF(const T* x, ptrdiff_t n) {                                          \
@@ -117,6 +179,66 @@ static inline double fl_row_dot_##SUF(const T* w, const T* x, ptrdiff_t n) {    
             acc[l] += w[j + l] == 0 ? 0.0 : (double)w[j + l] * (double)x[j + l];                 \
     for (; j < n; j++) tail += w[j] == 0 ? 0.0 : (double)w[j] * (double)x[j];                    \
     return fl_lanes_total_##SUF(acc, tail);                                                      \
+}                                                                                                \
+static inline void fl_row_sq_dot_##SUF(const T* x, const T* t, ptrdiff_t n, double* sxx,         \
+                                       double* stt, double* sxt) {                               \
+    /* three sums in 16 double lanes each (lane l: the items j = l mod 16; float: the exact      \
+     * squares and products of the widened values, no overflow at |x| ~ 3e38), the lanes folded  \
+     * pairwise: the order is fixed by n alone; short rows in one plain pass */                  \
+    double axx[16], att[16], axt[16];                                                            \
+    double txx = 0.0, ttt = 0.0, txt = 0.0;                                                      \
+    ptrdiff_t j = 0, l;                                                                          \
+    if (n >= 32) {                                                                               \
+        fl_sq_dot16_##SUF(x, t, n - n % 16, axx, att, axt);                                      \
+        j = n - n % 16;                                                                          \
+    }                                                                                            \
+    for (; j < n; j++) {                                                                         \
+        double xv = (double)x[j], tv = (double)t[j];                                             \
+        txx += xv * xv;                                                                          \
+        ttt += tv * tv;                                                                          \
+        txt += xv * tv;                                                                          \
+    }                                                                                            \
+    if (n >= 32) {                                                                               \
+        ptrdiff_t w;                                                                             \
+        for (w = 8; w >= 1; w /= 2) /* pairwise, in a fixed order */                             \
+            for (l = 0; l < w; l++) {                                                            \
+                axx[l] += axx[l + w];                                                            \
+                att[l] += att[l + w];                                                            \
+                axt[l] += axt[l + w];                                                            \
+            }                                                                                    \
+        txx += axx[0];                                                                           \
+        ttt += att[0];                                                                           \
+        txt += axt[0];                                                                           \
+    }                                                                                            \
+    *sxx = txx;                                                                                  \
+    *stt = ttt;                                                                                  \
+    *sxt = txt;                                                                                  \
+}                                                                                                \
+static inline void fl_row_cosine_grad_##SUF(T* g, fl_streamer* st, const T* t, const T* x,      \
+                                            ptrdiff_t n, double nn, double k, double gs) {       \
+    /* -t_j / nn as -t_j (1 / nn) (a division per item is the loop's bottleneck), except for one \
+     * class: there the two terms cancel exactly in theory and the sums are the reference's own \
+     * (one product each), so the reference's division rounds the noise as it does */           \
+    ptrdiff_t j, j0, m;                                                                          \
+    double r = 1.0 / nn;                                                                         \
+    T buf[FL_BLK];                                                                               \
+    if (n == 1) {                                                                                \
+        buf[0] = (T)((-(double)t[0] / nn - k * (double)x[0]) * gs);                              \
+        if (st == NULL) g[0] = buf[0];                                                           \
+        else fl_streamer_put_##SUF(st, buf, 1);                                                  \
+        return;                                                                                  \
+    }                                                                                            \
+    if (st == NULL) {                                                                            \
+        FL_IVDEP                                                                                 \
+        for (j = 0; j < n; j++) g[j] = (T)((-(double)t[j] * r - k * (double)x[j]) * gs);        \
+        return;                                                                                  \
+    }                                                                                            \
+    for (j0 = 0; j0 < n; j0 += FL_BLK) { /* a chunk in a stack buffer (L1), then streamed out */ \
+        m = n - j0 < FL_BLK ? n - j0 : FL_BLK;                                                   \
+        for (j = 0; j < m; j++)                                                                  \
+            buf[j] = (T)((-(double)t[j0 + j] * r - k * (double)x[j0 + j]) * gs);                 \
+        fl_streamer_put_##SUF(st, buf, m);                                                       \
+    }                                                                                            \
 }
 
 FL_ROW_FUNCS(float, f, fl_expf_nonpos, 16)

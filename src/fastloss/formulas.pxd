@@ -25,6 +25,13 @@ cdef extern from "fastloss/include/fl_formulas.h" nogil:
     double mse_item "fl_mse_item"(double d, double* g)
     double mae_item "fl_mae_item"(double d, double* g)
     double kl_div_item "fl_kl_div_item_d"(double x, double t, bint log_target, double* g)
+    double smooth_l1_item "fl_smooth_l1_item"(double d, double beta, double* g)
+    double log_cosh_item "fl_log_cosh_item_d"(double d, double* g)
+    double msle_item "fl_msle_item_d"(double x, double t, double* g)
+    double poisson_nll_item "fl_poisson_nll_item_d"(double x, double t, bint log_input, bint full,
+                                                    double eps, double* g)
+    double sigmoid_focal_item "fl_sigmoid_focal_item_d"(double x, double t, double alpha, double gamma,
+                                                        double* g)
 
     # row losses: the scalar parts of a row
     double softmax_xent_loss "fl_softmax_xent_loss"(double lse, double x_y, double w_y, double eps,
@@ -36,3 +43,7 @@ cdef extern from "fastloss/include/fl_formulas.h" nogil:
     double softmax_xent_probs_loss "fl_softmax_xent_probs_loss"(double lse, double r, double tx_sum,
                                                                 double z)
     double hinge_power_grad "fl_hinge_power_grad"(double z, double h, bint squared)
+    # cosine similarity from a row's sums (sum x^2, sum t^2, sum x t): returns the loss and sets
+    # the gradient's parts, grad_c = -t_c / nn - k x_c
+    double cosine_similarity_loss "fl_cosine_similarity_loss"(double sx, double st, double sxt,
+                                                              double* nn, double* k)

@@ -1,12 +1,15 @@
 /* fastloss: the item and row formulas of every loss, written once. The kernels use them (the
- * vectorised loops of kernels/fl_elementwise.h, the row kernels of kernels/softmax_xent.pxi and
- * multiclass_hinge.pxi), and fastloss/formulas.pxd declares them for other Cython extensions.
+ * vectorised loops of kernels/fl_elementwise.h, the row kernels of kernels/softmax_xent.pxi,
+ * multiclass_hinge.pxi and cosine_similarity.pxi), and fastloss/formulas.pxd declares them for
+ * other Cython extensions.
  *
  * Item formulas return the item's loss and store d(loss)/dx through g. They follow
  * fastloss.reference, including its kinks (PyTorch sub-gradients: slope 0 for max(0, z) at
  * z == 0, sign(0) = 0) and its NaN propagation (NaN in, NaN loss out). They are branch-free (the
  * ternaries become vector selects) so that the loops over them vectorise, and work in double,
- * except the _f variants of the items with exp/log. */
+ * except the _f variants of the items with exp/log (the newer of those, from log_cosh on, take
+ * and return the element type T, so that a float loop stays in float lanes; their _d variants
+ * are the float64 formulas). */
 #ifndef FASTLOSS_FORMULAS_H
 #define FASTLOSS_FORMULAS_H
 
@@ -16,6 +19,14 @@
 
 /* max(z, 0) that propagates NaN (as np.maximum does) */
 FL_INLINE double fl_relu_keep_nan(double z) { return z <= 0 ? 0.0 : z; }
+
+/* the sign of m^g for m < 0 (as pow): 1 for an even integer g, -1 for an odd one, NaN otherwise
+ * (every double beyond 2^53 is an even integer); plain arithmetic, no libm call */
+FL_INLINE double fl_pow_neg_sign(double g) {
+    if (!(fabs(g) < 9007199254740992.0)) return g == g ? 1.0 : NAN;
+    if (g != (double)(int64_t)g) return NAN;
+    return ((int64_t)g & 1) ? -1.0 : 1.0;
+}
 
 /* ---- elementwise losses --------------------------------------------------------------------- */
 
@@ -50,6 +61,36 @@ FL_INLINE double fl_mae_item(double d, double* g) {
     return fabs(d);
 }
 
+/* 0.5 d^2 / beta if |d| < beta else |d| - beta/2;  g = d / beta or sign(d) (sign(0) = 0, NaN kept).
+ * beta == 0 is L1 (the first branch is never taken). 1/beta is loop-invariant: a loop hoists it. */
+FL_INLINE double fl_smooth_l1_item(double d, double beta, double* g) {
+    double ib = 1.0 / beta;
+    double ad = fabs(d);
+    int small = ad < beta;
+    double s = d < 0 ? -1.0 : d;
+    double sg = d > 0 ? 1.0 : s;
+    *g = small ? d * ib : sg;
+    return small ? 0.5 * d * d * ib : ad - 0.5 * beta;
+}
+
+/* tanh(a) for 0 <= a < 0.625 (Cephes: a + a^3 P(a^2), float ~1 ulp; double a rational form) */
+FL_INLINE float fl_tanh_small_f(float a) {
+    float s = a * a;
+    float p = -5.70498872745e-3f;
+    p = FL_FMAF(p, s, 2.06390887954e-2f);
+    p = FL_FMAF(p, s, -5.37397155531e-2f);
+    p = FL_FMAF(p, s, 1.33314422036e-1f);
+    p = FL_FMAF(p, s, -3.33332819422e-1f);
+    return FL_FMAF(p * s, a, a);
+}
+
+FL_INLINE double fl_tanh_small_d(double a) {
+    double s = a * a;
+    double p = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3;
+    double q = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3;
+    return a + a * s * (p / q);
+}
+
 /* The formulas with exp/log, stamped out per type T (suffix SUF):
  *   fl_sigmoid_log1p_SUF(x, &l1p)  sigmoid(x), and log1p(exp(-|x|)) into l1p, from one
  *                                  e = exp(-|x|): sigmoid = 1/(1+e) or e/(1+e);
@@ -58,7 +99,27 @@ FL_INLINE double fl_mae_item(double d, double* g) {
  *                                  log1pexp(-x) = max(-x, 0) + log1p(exp(-|x|));
  *                                  g = w (lw sigmoid(x) - pw t)
  *   fl_kl_div_item_SUF             t (log t - x) (0 where t == 0, NaN there for a NaN x), or
- *                                  exp(t) (t - x) with log_target;  g = -t or -exp(t) */
+ *                                  exp(t) (t - x) with log_target;  g = -t or -exp(t)
+ *   fl_log_cosh_item_SUF           log cosh d, a = |d|: a + log1p(e) - log 2 with e = exp(-2a)
+ *                                  (no overflow), and below a = 0.625, where that cancels,
+ *                                  -log1p(-tanh(a)^2)/2 from the tanh polynomial;  g = tanh(d)
+ *   fl_msle_item_SUF               d^2, d = log1p(xc) - log1p(tc), xc = max(x, 1e-7) (NaN kept):
+ *                                  d = log(u) + corrections with u = (1 + xc)/(1 + tc) (as
+ *                                  log1p((ux - ut)/ut) where u >= 1/2): accurate to a few ulp
+ *                                  even where x ~ t (one log);  g = 2 d / (1 + x), 0 where x < 1e-7
+ *   fl_poisson_nll_item_SUF        exp(x) - t x (log_input), else x - t log(x + eps); full adds
+ *                                  Stirling's (t + 1/2) log t - t + log(2 pi)/2 where t > 1;
+ *                                  g = exp(x) - t, or 1 - t / (x + eps); the loss in double
+ *   fl_sigmoid_focal_item_SUF      a_t ce m^gamma, p = sigmoid(x), q = sigmoid(-x) (both from one
+ *                                  exp(-|x|)), ce = (1 - t) x + log1pexp(-x), m = p (1 - t) + q t,
+ *                                  a_t = alpha t + (1 - alpha)(1 - t) (1 when alpha < 0);
+ *                                  g = a_t ((p - t) m^gamma + ce (gamma m^gamma r (1 - 2t))),
+ *                                  r = p q / m (0 where m <= 0); m^gamma: 1 for gamma == 0 (also
+ *                                  0^0), products for 1 and 2, else exp(gamma log|m|) (the sign
+ *                                  of m^gamma kept for an odd integer gamma, NaN for m < 0
+ *                                  otherwise). Literal gammas 0, 1, 2 give loops without exp/log
+ *                                  for the power. The r term is formed before ce multiplies it,
+ *                                  so a huge finite ce is not turned into inf * 0 = NaN. */
 #define FL_TRANSCENDENTAL_ITEMS(T, SUF, EXP, EXP_NONPOS, LOG, LOG_NORMAL)                        \
 FL_INLINE T fl_sigmoid_log1p_##SUF(T x, T* l1p) {                                                \
     T e = EXP_NONPOS(x > 0 ? -x : x);                                                            \
@@ -86,6 +147,100 @@ FL_INLINE double fl_kl_div_item_##SUF(double x, double t, int log_target, double
     *g = -t;                                                                                     \
     double l = t * ((double)LOG((T)t) - x);                                                      \
     return t == 0 ? (x == x ? 0.0 : x) : l;  /* no mass, no loss: 0, or NaN for a NaN x */      \
+}                                                                                                \
+FL_INLINE T fl_log_cosh_item_##SUF(T d, T* g) {                                                  \
+    T a = d < 0 ? -d : d;                                                                        \
+    T e = EXP_NONPOS((T)-2 * a);                                                                 \
+    int small = a < (T)0.625;                                                                    \
+    T ths = fl_tanh_small_##SUF(a);                                                              \
+    T v = small ? -(ths * ths) : e;         /* log1p's argument: -tanh^2, or e */                \
+    T u = (T)1 + v;                         /* in [0.69, 1.29]: a normal log */                  \
+    T ru = (T)1 / u;                                                                             \
+    T l1p = LOG_NORMAL(u) + (v - (u - (T)1)) * ru;  /* d NaN: l1p NaN */                         \
+    T th = small ? ths : ((T)1 - e) * ru;                                                        \
+    T loss = small ? (T)-0.5 * l1p : (a + l1p) - (T)0.693147180559945309417;                     \
+    *g = d < 0 ? -th : th;                                                                       \
+    return loss;                                                                                 \
+}                                                                                                \
+FL_INLINE T fl_msle_item_##SUF(T x, T t, T* g) {                                                 \
+    const T lo = (T)1e-7;                                                                        \
+    T xc = x < lo ? lo : x, tc = t < lo ? lo : t;  /* max(., 1e-7), NaN kept */                  \
+    T ux = (T)1 + xc, ut = (T)1 + tc;                                                            \
+    T rux = (T)1 / ux, rut = (T)1 / ut;                                                          \
+    T ex = xc - (ux - (T)1), et = tc - (ut - (T)1);  /* the exact rounding errors of ux, ut */   \
+    int far = ux < (T)0.5 * ut;                                                                  \
+    T r = (ux - ut) * rut;                  /* ux - ut exact where ux/ut in [1/2, 2] */          \
+    T w = far ? ux * rut : (T)1 + r;                                                             \
+    T corr = far ? (T)0 : (r - (w - (T)1)) * (ut * rux);  /* log1p(r) - log(w), 1/w ~ ut/ux */   \
+    T d = LOG(w) + (corr + (ex * rux - et * rut));                                               \
+    /* an infinite xc or tc: d = log1p(xc) - log1p(tc) as the reference's (inf - inf, NaN: NaN) */ \
+    T dinf = (xc == (T)INFINITY ? xc : xc * (T)0) - (tc == (T)INFINITY ? tc : tc * (T)0);         \
+    d = (xc == (T)INFINITY) | (tc == (T)INFINITY) ? dinf : d;                                    \
+    *g = x < lo ? (T)0 : (T)2 * d * rux;                                                         \
+    return d * d;                                                                                \
+}                                                                                                \
+FL_INLINE double fl_poisson_nll_item_##SUF(T x, T t, int log_input, int full, double eps, T* g) { \
+    /* exp/log in T; the products with t, and the sums of the loss, in double (a float t x       \
+     * overflows at |x| ~ 3e38, and exp(x) - inf would be NaN, not the reference's inf) */       \
+    double loss;                                                                                 \
+    if (log_input) {                                                                             \
+        T ex = EXP(x);                                                                           \
+        loss = (double)ex - (double)t * (double)x;                                               \
+        *g = ex - t;                                                                             \
+    } else {                                                                                     \
+        T xe = x + (T)eps;                                                                       \
+        loss = (double)x - (double)t * (double)LOG(xe);                                          \
+        *g = (T)1 - t / xe;                                                                      \
+    }                                                                                            \
+    if (full) {                                                                                  \
+        T tt = t > (T)1 ? t : (T)2;                                                              \
+        double st = ((double)tt + 0.5) * (double)LOG(tt) - (double)tt                            \
+                    + 0.918938533204672741780;  /* + log(2 pi)/2 */                              \
+        loss = loss + (t > (T)1 ? st : 0.0);                                                     \
+    }                                                                                            \
+    return loss;                                                                                 \
+}                                                                                                \
+/* the focal loss with the power m^gamma chosen by gmode (a constant where the loops call it):   \
+ * 0: gamma == 0, 1: gamma == 1, 2: gamma == 2, else the general power |m|^gamma, times negsign  \
+ * where m < 0 (fl_pow_neg_sign(gamma): a scalar, so that a vector loop takes it) */            \
+FL_INLINE T fl_sigmoid_focal_core_##SUF(T x, T t, double alpha, double gamma, int gmode,         \
+                                        double negsign, T* g) {                                  \
+    T gm = (T)gamma;                                                                             \
+    T e = EXP_NONPOS(x > 0 ? -x : x);       /* exp(-|x|); NaN for NaN */                         \
+    T u = (T)1 + e;                                                                              \
+    T ru = (T)1 / u;                                                                             \
+    T er = e * ru;                                                                               \
+    T p = x >= 0 ? ru : er;                 /* sigmoid(x); NaN for NaN through er */             \
+    T q = x >= 0 ? er : ru;                 /* sigmoid(-x) = 1 - p, exact where p rounds to 1 */ \
+    T l1p = LOG_NORMAL(u) + (e - (u - (T)1)) * ru;                                               \
+    T mx = -x > 0 ? -x : (T)0;                                                                   \
+    T ce = ((T)1 - t) * x + (mx + l1p);                                                          \
+    T m = p * ((T)1 - t) + q * t;           /* 1 - p_t */                                        \
+    T mod;                                                                                       \
+    if (gmode == 0) mod = (T)1;                                                                  \
+    else if (gmode == 1) mod = m;                                                                \
+    else if (gmode == 2) mod = m * m;                                                            \
+    else {                                                                                       \
+        T am = m < 0 ? -m : m;                                                                   \
+        T pw = EXP(gm * LOG(am));                                                                \
+        mod = m < 0 ? pw * (T)negsign : pw;                                                      \
+    }                                                                                            \
+    T at = alpha >= 0 ? (T)alpha * t + (T)(1.0 - alpha) * ((T)1 - t) : (T)1;                     \
+    /* mr = m^gamma r, r = p q / m (0 where m <= 0 or NaN): without the division for gamma 1, 2; \
+     * for gamma 0 it is only multiplied by 0 (p q: NaN where r would be, or the term is NaN    \
+     * through ce anyway) */                                                                   \
+    T pq = p * q;                                                                                \
+    T mr;                                                                                        \
+    if (gmode == 0) mr = pq;                                                                     \
+    else if (gmode == 1) mr = m > 0 ? pq : (T)0;                                                 \
+    else if (gmode == 2) mr = m > 0 ? m * pq : (T)0;                                             \
+    else mr = mod * (m > 0 ? pq / m : (T)0);                                                     \
+    *g = at * ((p - t) * mod + ce * (gm * mr * ((T)1 - (T)2 * t)));                              \
+    return at * (ce * mod);                                                                      \
+}                                                                                                \
+FL_INLINE T fl_sigmoid_focal_item_##SUF(T x, T t, double alpha, double gamma, T* g) {            \
+    int gmode = gamma == 0 ? 0 : gamma == 1 ? 1 : gamma == 2 ? 2 : 3;                            \
+    return fl_sigmoid_focal_core_##SUF(x, t, alpha, gamma, gmode, fl_pow_neg_sign(gamma), g);    \
 }
 
 FL_TRANSCENDENTAL_ITEMS(double, d, fl_exp, fl_exp_nonpos, fl_log, fl_log)
@@ -106,6 +261,19 @@ FL_INLINE double fl_log1pexp(double x) {
 }
 
 /* ---- row losses: the scalar parts of a row -------------------------------------------------- */
+
+/* cosine similarity from a row's sums sx = sum x^2, st = sum t^2, sxt = sum x t: the loss
+ * -sxt / nn with nn = nx nt, n = sqrt(max(s, 1e-12)) (NaN kept), and the gradient's parts,
+ * grad_c = -t_c / nn - k x_c with k = loss / sx where sx > 1e-12, else 0 (a norm under the clamp
+ * is a constant: no gradient through it). */
+FL_INLINE double fl_cosine_similarity_loss(double sx, double st, double sxt, double* nn, double* k) {
+    const double clamp = 1e-12;
+    double n2 = sqrt(sx < clamp ? clamp : sx) * sqrt(st < clamp ? clamp : st);
+    double loss = -sxt / n2;
+    *nn = n2;
+    *k = sx > clamp ? loss / sx : 0.0;
+    return loss;
+}
 
 /* softmax cross-entropy with a sparse label y:
  * (1-eps) w_y (lse - x_y) + eps/C (W lse - sum_c w_c x_c) + z w_y lse^2 (W = sum_c w_c); the
