@@ -17,7 +17,10 @@ Two guards keep float32 results equal to the float64 reference rounded to float3
 * float32 row losses (and ``sigmoid_bce`` with ``pos_weight``) whose inputs exceed 2**32 in
   magnitude run in float64 and round the results: ``lse**2``, ``lse - x`` and sums of hinge terms
   would overflow float32 where the reference's result is finite, and at such magnitudes the
-  reference's own rounding of ``lse`` shows (see ``_log_norm``);
+  reference's own rounding of ``lse`` shows (see ``_log_norm``); so do ``poisson_nll`` with such
+  inputs or targets and ``sigmoid_focal`` with such targets (products that overflow float32),
+  and ``cosine_similarity`` runs every float32 batch through float64 blocks of rows (its two
+  gradient terms cancel where x is parallel to t);
 * a non-finite gradient scale (``grad_output`` over a zero ``"mean"`` denominator) keeps zero
   gradients zero, as the reference does, instead of making them ``0 * inf = NaN``.
 
@@ -515,4 +518,269 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads=
         folded, post = _scale(gscale, gscale_arr, x.dtype.type)
         np.multiply(p if log_target else t, -folded, out=grad)
         _post_scale(grad, post)
+        return total
+
+
+def smooth_l1(x, target, beta, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """PyTorch ``smooth_l1_loss``: 0.5*d**2/beta if |d| < beta else |d| - 0.5*beta, d = x - target;
+    ``beta == 0`` is |d| (slope 0 at 0).
+
+    Without a select, as ``huber``: with ``c = clip(d, -beta, beta)`` the loss is
+    ``(|d| - 0.5*|c|) * (|c|/beta)`` (``0.5*d*(d/beta)`` inside, ``(|d| - 0.5*beta) * 1`` exactly
+    outside, no overflow for any d) and the gradient ``c/beta`` (exactly +-1 outside).
+    """
+    dt = x.dtype.type
+    beta_ = dt(beta)
+    with np.errstate(all="ignore"):
+        d = np.subtract(x, target)  # before grad (which may be x) is written
+        loss = _loss_buffer(x, loss_out)
+        if not beta:
+            np.abs(d, out=loss)
+            total = float(np.sum(loss, dtype=np.float64))
+            if grad is None:
+                return total
+            g = np.sign(d, out=d)
+        else:
+            c = np.clip(d, -beta_, beta_)
+            np.abs(d, out=d)
+            ac = np.abs(c)
+            np.multiply(ac, dt(0.5), out=loss)
+            np.subtract(d, loss, out=d)  # |d| - 0.5*|c|
+            ac /= beta_
+            np.multiply(d, ac, out=loss)
+            del ac
+            total = float(np.sum(loss, dtype=np.float64))
+            if grad is None:
+                return total
+            g = np.divide(c, beta_, out=c)
+        _scale_into(g, grad, *_scale(gscale, gscale_arr, dt))
+        return total
+
+
+_LOG2 = math.log(2.0)
+
+
+def log_cosh(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """log(cosh(d)), d = x - target, computed without overflow for any d and without
+    cancellation near 0: log1p(2*sinh(|d|/2)**2) (cosh(a) = 1 + 2*sinh(a/2)**2) below
+    |d| = 20, where exp(-2|d|) is below float64's roundoff, and |d| - log(2) from there
+    (the reference's |d| + log1p(exp(-2|d|)) - log(2), the same values, with the same NaN and
+    infinities). Gradient tanh(d)."""
+    dt = x.dtype.type
+    with np.errstate(all="ignore"):
+        d = np.subtract(x, target)
+        a = np.abs(d)
+        loss = _loss_buffer(x, loss_out)
+        np.multiply(a, dt(0.5), out=loss)
+        np.sinh(loss, out=loss)
+        np.square(loss, out=loss)
+        loss *= dt(2)
+        np.log1p(loss, out=loss)  # +inf where sinh overflowed: replaced just below
+        big = ~(a < dt(20))  # NaN goes here too: |d| - log(2) keeps it NaN
+        if big.any():
+            np.subtract(a, dt(_LOG2), out=loss, where=big)
+        total = float(np.sum(loss, dtype=np.float64))
+        if grad is None:
+            return total
+        g = np.tanh(d, out=d)
+        _scale_into(g, grad, *_scale(gscale, gscale_arr, dt))
+        return total
+
+
+_MSLE_CLAMP = 1e-7  # Keras' epsilon
+
+
+def msle(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """Keras' mean squared logarithmic error: (log1p(max(x, 1e-7)) - log1p(max(target, 1e-7)))**2.
+    The gradient 2*d/(1 + x) flows where x >= 1e-7 (and where x is NaN), as
+    ``clamp(min=1e-7)``'s; it is 0 below. np.maximum keeps a NaN NaN."""
+    dt = x.dtype.type
+    clamp = dt(_MSLE_CLAMP)
+    with np.errstate(all="ignore"):
+        lt = np.maximum(target, clamp)
+        np.log1p(lt, out=lt)
+        d = np.maximum(x, clamp)
+        np.log1p(d, out=d)
+        d -= lt  # log1p(max(x, c)) - log1p(max(t, c))
+        del lt
+        total = float(np.sum(np.square(d, out=_loss_buffer(x, loss_out)), dtype=np.float64))
+        if grad is None:
+            return total
+        below = x < clamp  # before grad (which may be x) is written
+        den = np.add(x, dt(1))
+        d *= dt(2)
+        g = np.divide(d, den, out=d)
+        g[below] = 0
+        _scale_into(g, grad, *_scale(gscale, gscale_arr, dt))
+        return total
+
+
+def poisson_nll(x, target, log_input, full, eps, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """PyTorch ``poisson_nll_loss``: exp(x) - t*x (log_input), else x - t*log(x + eps); ``full``
+    adds Stirling's t*log(t) - t + 0.5*log(2*pi*t) where t > 1.
+
+    float32 inputs or targets beyond 2**32 in magnitude run in float64 (t*x would overflow
+    float32 where the reference's loss is finite or +inf, and exp(x) - inf would be NaN)."""
+    if _too_big(x) or _too_big(target):
+        return _in_float64(poisson_nll, x, (target, log_input, full, eps), grad, gscale, gscale_arr, loss_out)
+    dt = x.dtype.type
+    t = target
+    with np.errstate(all="ignore"):
+        loss = _loss_buffer(x, loss_out)
+        if log_input:
+            e = np.exp(x)
+            np.multiply(t, x, out=loss)
+            np.subtract(e, loss, out=loss)  # exp(x) - t*x
+        else:
+            e = np.add(x, dt(eps))  # x + eps, kept for the gradient
+            np.log(e, out=loss)
+            loss *= t
+            np.subtract(x, loss, out=loss)  # x - t*log(x + eps)
+        if full:
+            big = t > 1
+            if big.any():
+                tb = t[big]
+                loss[big] += tb * np.log(tb) - tb + dt(0.5) * np.log(dt(2 * math.pi) * tb)
+        total = float(np.sum(loss, dtype=np.float64))
+        if grad is None:
+            return total
+        if log_input:
+            g = np.subtract(e, t, out=e)  # exp(x) - t
+        else:
+            g = np.divide(t, e, out=e)
+            np.subtract(dt(1), g, out=g)  # 1 - t/(x + eps)
+        _scale_into(g, grad, *_scale(gscale, gscale_arr, dt))
+        return total
+
+
+def sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """torchvision's ``sigmoid_focal_loss``: alpha_t * bce(x, t) * (1 - p_t)**gamma,
+    p = sigmoid(x), 1 - p_t = p*(1-t) + (1-p)*t, alpha_t = alpha*t + (1-alpha)*(1-t) (1 when
+    alpha < 0).
+
+    From ``e = exp(-|x|)`` once: p and q = 1 - p are 1/(1+e) and e/(1+e) (which is which by the
+    sign of x: neither is computed as 1 minus the other), bce = (1-t)*x + softplus(-x) with
+    softplus(-x) = max(-x, 0) + log1p(e). The gradient
+    alpha_t * ((p - t)*m**gamma + gamma*m**gamma*(p*q/m)*(1 - 2t)*bce), m = 1 - p_t, is
+    multiplied in that order (small factors first), so that a large bce does not overflow
+    float32 where p*q/m is 0. float32 targets beyond 2**32 in magnitude (outside [0, 1] by far)
+    run in float64: their products would overflow float32 where the reference's are finite.
+    """
+    if _too_big(target):
+        return _in_float64(sigmoid_focal, x, (target, alpha, gamma), grad, gscale, gscale_arr, loss_out)
+    dt = x.dtype.type
+    t = target
+    gamma_ = dt(gamma)
+    with np.errstate(all="ignore"):
+        e = np.abs(x)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # exp(-|x|)
+        ce = np.log1p(e)
+        one_t = np.negative(x)
+        np.maximum(one_t, 0, out=one_t)
+        ce += one_t  # softplus(-x)
+        np.subtract(dt(1), t, out=one_t)
+        ce += one_t * x  # (1 - t)*x + softplus(-x)
+        s = np.add(e, dt(1))
+        np.reciprocal(s, out=s)  # 1/(1+e)
+        e *= s  # e/(1+e)
+        positive = x >= 0
+        p = np.where(positive, s, e)
+        q = np.where(positive, e, s)
+        del s, e, positive
+        m = p * one_t
+        m += q * t  # 1 - p_t
+        mod = m ** gamma_ if gamma != 2 else np.square(m)
+        loss = _loss_buffer(x, loss_out)
+        if alpha >= 0:
+            a_t = dt(alpha) * t
+            a_t += dt(1 - alpha) * one_t
+            np.multiply(a_t, ce, out=loss)
+            loss *= mod
+        else:
+            a_t = None
+            np.multiply(ce, mod, out=loss)
+        total = float(np.sum(loss, dtype=np.float64))
+        if grad is None:
+            return total
+        # r = p*q/m where m > 0, else 0
+        r = np.multiply(p, q, out=q)
+        r /= m
+        positive_m = m > 0
+        if not positive_m.all():
+            r[~positive_m] = 0
+        del positive_m
+        r *= mod
+        one_t -= t
+        one_t *= gamma_  # gamma*(1 - 2t)
+        r *= one_t
+        r *= ce  # gamma*m**gamma*(p*q/m)*(1 - 2t)*bce
+        p -= t
+        p *= mod
+        p += r  # (p - t)*m**gamma + ...
+        if a_t is not None:
+            p *= a_t
+        _scale_into(p, grad, *_scale(gscale, gscale_arr, dt))
+        return total
+
+
+_COS_CLAMP = 1e-12  # on the squared norm, as Keras' l2_normalize
+
+
+_COS_BLOCK = 1 << 18  # elements per float64 block of a float32 batch
+
+
+@_rows
+def cosine_similarity(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """Keras' ``CosineSimilarity`` loss per row: -sum(x*t) / (|x| |t|), each norm
+    sqrt(max(sum(v**2), 1e-12)). Gradient -t/(|x| |t|) - (loss/sum(x**2)) * x, the second term
+    0 where sum(x**2) <= 1e-12 (the clamp holds the norm there).
+
+    The two gradient terms cancel where x is nearly parallel to t (exactly, in theory, for one
+    class), so float32 batches run through float64 blocks of rows (``_in_float64`` on about
+    2**18 elements at a time), each result rounded once: float32 arithmetic would leave the
+    terms' roundings (relative to 1/|x|, not to the gradient) in what should cancel.
+    """
+    if x.dtype == np.float64:
+        return _cosine_similarity64(x, target, grad, gscale, gscale_arr, loss_out)
+    n_rows, n_classes = x.shape
+    step = max(1, _COS_BLOCK // max(1, n_classes))
+    total = 0.0
+    for start in range(0, n_rows, step):
+        rows = slice(start, start + step)
+        total += _in_float64(
+            lambda x, t, grad, gscale, gscale_arr, loss_out, _: _cosine_similarity64(
+                x, t, grad, gscale, gscale_arr, loss_out),
+            x[rows], (target[rows],), None if grad is None else grad[rows], gscale,
+            None if gscale_arr is None else gscale_arr[rows], None if loss_out is None else loss_out[rows])
+    return total
+
+
+def _cosine_similarity64(x, t, grad, gscale, gscale_arr, loss_out):
+    """cosine_similarity on float64 rows, in the reference's order of operations (for one class,
+    the same roundings), the gradient's scale applied last: one N x C scratch buffer (the three
+    row sums, then the second gradient term), whether or not the gradient overwrites x."""
+    clamp = _COS_CLAMP
+    with np.errstate(all="ignore"):
+        buf = np.empty_like(x)
+        sx = np.multiply(x, x, out=buf).sum(axis=1)
+        st = np.multiply(t, t, out=buf).sum(axis=1)
+        sxt = np.multiply(x, t, out=buf).sum(axis=1)
+        norms = np.sqrt(np.maximum(sx, clamp))
+        norms *= np.sqrt(np.maximum(st, clamp))  # |x| |t|
+        loss = np.divide(sxt, norms)
+        np.negative(loss, out=loss)
+        total = _finish(loss, loss_out)
+        if grad is None:
+            return total
+        c2 = np.divide(loss, sx)
+        c2[~(sx > clamp)] = 0
+        np.multiply(x, _col(c2), out=buf)  # before grad (which may be x) is written
+        np.divide(t, _col(-norms), out=grad)
+        grad -= buf
+        del buf
+        # the scale last, as the reference applies it: where the terms cancel, the scaled
+        # result is the reference's to the last bit
+        folded, post = _scale(gscale, gscale_arr, np.float64)
+        _scale_into(grad, grad, _col(folded), post)
         return total
