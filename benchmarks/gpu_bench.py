@@ -20,17 +20,26 @@ import numpy as np
 SHAPES = {
     "softmax_xent": [(8192, 32000), (4096, 128256), (65536, 1000)],
     "multiclass_hinge": [(65536, 1000)],
+    "cosine_similarity": [(65536, 1000)],
     "elements": [(8192, 8192)],
 }
-QUICK = {"softmax_xent": [(1024, 32000)], "multiclass_hinge": [(4096, 1000)], "elements": [(2048, 2048)]}
+QUICK = {"softmax_xent": [(1024, 32000)], "multiclass_hinge": [(4096, 1000)], "cosine_similarity": [(4096, 1000)],
+         "elements": [(2048, 2048)]}
 
 
 def torch_loss(name):
+    """PyTorch's CUDA twin of ``name`` (mean reduction, fastloss's default options), or None."""
+    import torch
     import torch.nn.functional as F
+    from fastloss.bench import _torch_sigmoid_focal
     return {
         "softmax_xent": F.cross_entropy, "multiclass_hinge": F.multi_margin_loss,
         "sigmoid_bce": F.binary_cross_entropy_with_logits, "huber": F.huber_loss, "mse": F.mse_loss,
         "mae": F.l1_loss, "kl_div": lambda a, b: F.kl_div(a, b, reduction="mean"),
+        "smooth_l1": F.smooth_l1_loss, "poisson_nll": F.poisson_nll_loss, "sigmoid_focal": _torch_sigmoid_focal,
+        "log_cosh": lambda a, b: torch.log(torch.cosh(a - b)).mean(),
+        "msle": lambda a, b: (torch.log1p(a.clamp(min=1e-7)) - torch.log1p(b.clamp(min=1e-7))).square().mean(),
+        "cosine_similarity": lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean(),
     }.get(name)
 
 
@@ -53,7 +62,7 @@ def main(argv=None):
     import torch
 
     import fastloss
-    from fastloss._specs import ROWS, SPECS
+    from fastloss._specs import ROWS, SPECS, VALUES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -66,10 +75,19 @@ def main(argv=None):
     for name, spec in SPECS.items():
         for shape in sizes.get(name, sizes["elements"]):
             x = torch.randn(shape, device=dev)
-            if spec.layout == ROWS:
+            if spec.layout == ROWS and spec.targets != VALUES:
                 t = torch.randint(0, shape[-1], shape[:-1], device=dev)
             elif name == "hinge":
                 t = torch.randint(0, 2, shape, device=dev).float() * 2 - 1
+            elif name in ("cosine_similarity", "smooth_l1", "log_cosh"):
+                t = torch.randn(shape, device=dev)
+            elif name == "poisson_nll":  # counts; the input is their log-rate
+                t = torch.poisson(torch.full(shape, 2.0, device=dev))
+            elif name == "sigmoid_focal":  # detection's 0/1 labels
+                t = (torch.rand(shape, device=dev) < 0.1).float()
+            elif name == "msle":  # non-negative predictions and targets
+                x = x.abs()
+                t = torch.rand(shape, device=dev) * 4
             else:
                 t = torch.rand(shape, device=dev)
             nbytes = 2 * x.numel() * x.element_size() + t.numel() * t.element_size()

@@ -16,6 +16,10 @@ from fastloss import reference  # noqa: E402
 
 REDUCTIONS = ("mean", "sum", "none")
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
+# smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal and cosine_similarity run on the NumPy backend
+# here (their compiled kernels land separately); test_new_losses_on_every_cpu_backend runs each backend
+NEW = "numpy"
+NEW_LOSSES = ("smooth_l1", "log_cosh", "msle", "poisson_nll", "sigmoid_focal", "cosine_similarity")
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
@@ -62,9 +66,10 @@ def assert_matches(ours, theirs, x, reduction, dtype):
     np.testing.assert_allclose(go, gt, **TOL[dtype])
 
 
-def assert_matches_reference(name, x, target, reduction, dtype, **options):
+def assert_matches_reference(name, x, target, reduction, dtype, backend="auto", **options):
     """Against fastloss.reference (float64), through the same jit/grad path."""
-    lo, go = jit_value_and_grad(lambda x: getattr(fj, name)(x, target, reduction=reduction, **options), x, reduction)
+    lo, go = jit_value_and_grad(lambda x: getattr(fj, name)(x, target, reduction=reduction, backend=backend,
+                                                            **options), x, reduction)
     np_options = {k: (np.asarray(v) if k in ("weight", "pos_weight") else v) for k, v in options.items()}
     lt = reference.loss(name, x, np.asarray(target), reduction=reduction, **np_options)
     r = rng(99).uniform(0.5, 1.5, np.shape(lt)).astype(dtype) if reduction == "none" else 1.0
@@ -184,6 +189,16 @@ REFERENCE_CASES = [
     ("multiclass_hinge", {"mode": "crammer_singer", "squared": True, "weight": "classes", "margin": 0.5}),
     ("mae", {}),
     ("kl_div", {"log_target": True}),
+    ("smooth_l1", {}),
+    ("smooth_l1", {"beta": 0.4}),
+    ("smooth_l1", {"beta": 0.0}),
+    ("msle", {}),
+    ("poisson_nll", {}),
+    ("poisson_nll", {"full": True}),
+    ("poisson_nll", {"log_input": False}),
+    ("poisson_nll", {"log_input": False, "full": True, "eps": 1e-3}),
+    ("sigmoid_focal", {"alpha": 0.7, "gamma": 0.5}),
+    ("sigmoid_focal", {"alpha": -1.0, "gamma": 0.0}),
 ]
 
 
@@ -211,9 +226,119 @@ def test_against_reference(dtype, name, case, reduction):
         t = np.log(t) if case.get("log_target") else t
     elif name == "hinge":
         t = r.choice([0.0 if case.get("zero_one") else -1.0, 1.0], shape).astype(dtype)
+    elif name == "poisson_nll":  # counts; rates > 0 when the input is not their log
+        t = r.poisson(2.0, shape).astype(dtype)
+        if not options.get("log_input", True):
+            x = r.uniform(0.1, 4.0, shape).astype(dtype)
+    elif name in ("smooth_l1", "msle"):
+        t = (r.uniform(0, 3, shape) if name == "msle" else r.standard_normal(shape) * 2).astype(dtype)
     else:
         t = r.uniform(0, 1, shape).astype(dtype)
-    assert_matches_reference(name, x, jnp.asarray(t), reduction, dtype, **options)
+    backend = NEW if name in NEW_LOSSES else "auto"
+    assert_matches_reference(name, x, jnp.asarray(t), reduction, dtype, backend, **options)
+
+
+# ---- the losses optax has among smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal, cosine_similarity
+
+@pytest.mark.parametrize("beta", [1.0, 0.3, 2.5, 0.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_smooth_l1_is_huber_over_beta(dtype, beta, reduction):
+    """PyTorch's smooth_l1 is optax's huber_loss (delta = beta) divided by beta; beta = 0 is |d|."""
+    x, t = logits((5, 4), dtype), jnp.asarray(logits((5, 4), dtype, 1))
+
+    def theirs(x):
+        return reduce(optax.huber_loss(x, t, delta=beta) / beta if beta else jnp.abs(x - t), reduction)
+
+    assert_matches(lambda x: fj.smooth_l1(x, t, reduction=reduction, beta=beta, backend=NEW), theirs,
+                   x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_log_cosh(dtype, reduction):
+    x, t = logits((5, 4), dtype), jnp.asarray(logits((5, 4), dtype, 1))
+    assert_matches(lambda x: fj.log_cosh(x, t, reduction=reduction, backend=NEW),
+                   lambda x: reduce(optax.losses.log_cosh(x, t), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_msle_keras_formula(dtype, reduction):
+    x = logits((5, 4), dtype)  # some below the clamp
+    t = jnp.asarray(rng(1).uniform(0, 3, (5, 4)).astype(dtype))
+
+    def keras(x):
+        return reduce((jnp.log1p(jnp.maximum(x, 1e-7)) - jnp.log1p(jnp.maximum(t, 1e-7))) ** 2, reduction)
+
+    assert_matches(lambda x: fj.msle(x, t, reduction=reduction, backend=NEW), keras, x, reduction, dtype)
+
+
+@pytest.mark.parametrize("case", [dict(alpha=0.25, gamma=2.0), dict(alpha=0.7, gamma=0.5), dict(alpha=-1.0, gamma=0.0),
+                                  dict(alpha=0.25, gamma=3.0, binary=True), dict(alpha=-1.0, gamma=1.5, binary=True)],
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sigmoid_focal(dtype, case, reduction):
+    """optax's sigmoid_focal_loss; its alpha=None is fastloss's (and torchvision's) alpha < 0."""
+    x = logits((6, 5), dtype)
+    u = rng(1).uniform(0, 1, (6, 5))
+    t = jnp.asarray((u < 0.3 if case.get("binary") else u).astype(dtype))
+    alpha, gamma = case["alpha"], case["gamma"]
+    assert_matches(lambda x: fj.sigmoid_focal(x, t, reduction=reduction, alpha=alpha, gamma=gamma, backend=NEW),
+                   lambda x: reduce(optax.losses.sigmoid_focal_loss(x, t, alpha=alpha if alpha >= 0 else None,
+                                                                    gamma=gamma), reduction),
+                   x, reduction, dtype)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5), (5,)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cosine_similarity(dtype, shape, reduction):
+    """Minus optax's cosine_similarity with its squared norms clipped at 1e-12 (Keras' l2_normalize),
+    over the last axis; a zero row has loss 0."""
+    x, t = logits(shape, dtype), logits(shape, dtype, 1)
+    if len(shape) > 1:
+        x[(0,) * (len(shape) - 1)] = 0.0
+        t[(1,) + (0,) * (len(shape) - 2)] = 0.0
+    t = jnp.asarray(t)
+    assert_matches(lambda x: fj.cosine_similarity(x, t, reduction=reduction, backend=NEW),
+                   lambda x: reduce(-optax.losses.cosine_similarity(x, t, epsilon=1e-12), reduction),
+                   x, reduction, dtype)
+
+
+def test_cosine_similarity_vmap_and_trace_time_errors():
+    x = jnp.asarray(logits((3, 6, 5), np.float32))
+    t = jnp.asarray(logits((6, 5), np.float32, 1))
+    batched = jax.jit(jax.vmap(lambda x: fj.cosine_similarity(x, t, backend=NEW)))(x)
+    expected = -optax.losses.cosine_similarity(x, jnp.broadcast_to(t, x.shape), epsilon=1e-12).mean(-1)
+    np.testing.assert_allclose(batched, expected, rtol=2e-5, atol=1e-7)
+    g = jax.grad(lambda x: jax.vmap(lambda x: fj.cosine_similarity(x, t, backend=NEW))(x).sum())(x)
+    g_expected = jax.grad(lambda x: -optax.losses.cosine_similarity(x, jnp.broadcast_to(t, x.shape),
+                                                                     epsilon=1e-12).mean(-1).sum())(x)
+    np.testing.assert_allclose(g, g_expected, rtol=2e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="shape"):
+        fj.cosine_similarity(x[0], t[:, :3])
+    with pytest.raises(ValueError, match="gamma"):
+        fj.sigmoid_focal(x, x, gamma=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        fj.smooth_l1(x, x, beta=-0.5)
+
+
+def test_no_gradient_to_float_targets_of_new_losses():
+    x, t = logits((6, 5), np.float32), jnp.asarray(logits((6, 5), np.float32, 1))
+    for name in NEW_LOSSES:
+        gx, gt = jax.grad(lambda x, t: getattr(fj, name)(jnp.abs(x) if name != "cosine_similarity" else x,
+                                                         jnp.abs(t), backend=NEW), argnums=(0, 1))(x, t)
+        assert np.all(np.asarray(gt) == 0) and np.any(np.asarray(gx) != 0), name
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("name", NEW_LOSSES)
+def test_new_losses_on_every_cpu_backend(name, backend):
+    from fastloss._dispatch import BackendUnavailable, get_backend
+    try:
+        get_backend(backend)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    x = logits((6, 5), np.float32)
+    t = rng(1).poisson(2.0, (6, 5)) if name == "poisson_nll" else rng(1).uniform(0, 1, (6, 5))
+    assert_matches_reference(name, x, jnp.asarray(t.astype(np.float32)), "mean", np.float32, backend)
 
 
 # ---- JAX integration ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """fastloss.torch against torch.nn.functional: values, gradients, gradcheck, torch.compile,
 the in-place gradient and the nn.Module wrappers. Class axis dim 1, as F."""
 
+import inspect
 import subprocess
 import sys
 
@@ -13,6 +14,10 @@ import fastloss.torch as ft  # noqa: E402
 
 REDUCTIONS = ("mean", "sum", "none")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal and cosine_similarity are tested on the NumPy
+# backend here (their compiled kernels land separately); test_new_losses_on_every_cpu_backend runs
+# them on each CPU backend
+NEW = "numpy"
 
 
 def gen(seed):
@@ -228,6 +233,7 @@ def _gradcheck_cases():
     probs = torch.softmax(randn((4, 5), d, 13), 1)
     signs = torch.randint(0, 2, (4, 5), generator=gen(14)).to(d) * 2 - 1
     w = torch.rand(5, generator=gen(15), dtype=d) + 0.2
+    counts = torch.poisson(torch.full((4, 5), 2.0, dtype=d), generator=gen(16))
     return {
         "cross_entropy": (lambda x, r: ft.cross_entropy(x, y, w, label_smoothing=0.1, z_loss=0.01, reduction=r), x),
         "cross_entropy_probs": (lambda x, r: ft.cross_entropy(x, probs, reduction=r), x),
@@ -242,6 +248,16 @@ def _gradcheck_cases():
         "l1": (lambda x, r: ft.l1_loss(x, t, reduction=r), x),
         "kl_div": (lambda x, r: ft.kl_div(torch.log_softmax(x, 1), probs, reduction=r), x),
         "kl_div_log_target": (lambda x, r: ft.kl_div(x, probs.log(), log_target=True, reduction=r), x),
+        "smooth_l1": (lambda x, r: ft.smooth_l1_loss(x, t, beta=0.6, reduction=r, backend=NEW), x),
+        "log_cosh": (lambda x, r: ft.log_cosh_loss(x, t, reduction=r, backend=NEW), x),
+        "msle": (lambda x, r: ft.msle_loss(x, t.abs(), reduction=r, backend=NEW), x.abs() + 0.1),
+        "poisson_nll": (lambda x, r: ft.poisson_nll_loss(x, counts, full=True, reduction=r, backend=NEW), x),
+        "poisson_nll_rates": (lambda x, r: ft.poisson_nll_loss(x, counts, False, eps=1e-3, reduction=r,
+                                                               backend=NEW), x.abs() + 0.1),
+        "sigmoid_focal": (lambda x, r: ft.sigmoid_focal_loss(x, probs, 0.6, 1.5, r, backend=NEW), x),
+        "cosine_similarity": (lambda x, r: ft.cosine_similarity_loss(x, t, reduction=r, backend=NEW), x),
+        "cosine_similarity_3d": (lambda x, r: ft.cosine_similarity_loss(x, t.T[None], reduction=r, backend=NEW),
+                                 x.T[None]),
     }
 
 
@@ -445,3 +461,327 @@ def test_errors():
 def test_importing_fastloss_does_not_import_torch():
     code = "import sys, fastloss; fastloss.softmax_xent; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- smooth_l1, poisson_nll, sigmoid_focal, log_cosh, msle, cosine_similarity ----------------
+
+def reduce(item, reduction):
+    return {"mean": item.mean(), "sum": item.sum(), "none": item}[reduction]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("beta", [1.0, 0.4, 0.0, 3.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_smooth_l1_matches_F(beta, dtype, reduction):
+    x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
+    assert_matches(lambda x: ft.smooth_l1_loss(x, t, reduction=reduction, beta=beta, backend=NEW),
+                   lambda x: F.smooth_l1_loss(x, t, reduction=reduction, beta=beta), x, reduction, dtype)
+
+
+POISSON_CASES = [{}, {"full": True}, {"log_input": False}, {"log_input": False, "full": True, "eps": 1e-3}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", POISSON_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_poisson_nll_matches_F(case, dtype, reduction):
+    shape = (5, 4, 3)
+    t = torch.poisson(torch.full(shape, 2.0, dtype=dtype), generator=gen(1))  # counts: 0, 1 and above
+    assert (t == 0).any() and (t == 1).any() and (t > 1).any()
+    log_input = case.get("log_input", True)
+    x = randn(shape, dtype, 0, scale=1.0) if log_input else torch.rand(shape, generator=gen(0), dtype=dtype) * 4 + 0.05
+    full, eps = case.get("full", False), case.get("eps", 1e-8)
+    assert_matches(lambda x: ft.poisson_nll_loss(x, t, log_input, full, eps=eps, reduction=reduction, backend=NEW),
+                   lambda x: F.poisson_nll_loss(x, t, log_input, full, eps=eps, reduction=reduction),
+                   x, reduction, dtype)
+
+
+def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss, line for line (torchvision is not a test dependency)."""
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return reduce(loss, reduction)
+
+
+FOCAL_CASES = [{}, {"alpha": 0.7, "gamma": 0.5}, {"alpha": -1.0, "gamma": 0.0}, {"gamma": 3.0, "binary": True},
+               {"alpha": 0.0, "gamma": 1, "binary": True}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", FOCAL_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_sigmoid_focal_matches_torchvision(case, dtype, reduction):
+    shape = (6, 5)
+    x = randn(shape, dtype, 0)
+    t = torch.rand(shape, generator=gen(1), dtype=dtype)
+    if case.get("binary"):
+        t = (t < 0.3).to(dtype)  # detection's 0/1 labels
+    opts = {k: v for k, v in case.items() if k != "binary"}
+    assert_matches(lambda x: ft.sigmoid_focal_loss(x, t, reduction=reduction, backend=NEW, **opts),
+                   lambda x: torchvision_sigmoid_focal_loss(x, t, reduction=reduction, **opts), x, reduction, dtype)
+
+
+def test_sigmoid_focal_takes_torchvisions_arguments():
+    x, t = randn((4, 3), torch.float64, 0), torch.rand(4, 3, generator=gen(1), dtype=torch.float64)
+    loss = ft.sigmoid_focal_loss(x, t, backend=NEW)  # reduction "none" by default, as torchvision's
+    torch.testing.assert_close(loss, torchvision_sigmoid_focal_loss(x, t))
+    torch.testing.assert_close(ft.sigmoid_focal_loss(x, t, 0.5, 1, "sum", backend=NEW),
+                               torchvision_sigmoid_focal_loss(x, t, 0.5, 1, "sum"))
+    torch.testing.assert_close(ft.sigmoid_focal_loss(inputs=x, targets=t, alpha=0.1, gamma=3, reduction="mean",
+                                                     backend=NEW),
+                               torchvision_sigmoid_focal_loss(x, t, 0.1, 3, "mean"))
+    assert list(inspect.signature(ft.sigmoid_focal_loss).parameters)[:5] == [
+        "inputs", "targets", "alpha", "gamma", "reduction"]
+    assert inspect.signature(ft.sigmoid_focal_loss).parameters["reduction"].default == "none"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_log_cosh_matches_formula(dtype, reduction):
+    x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
+    x.view(-1)[0] = t.view(-1)[0] + 1e-3  # near 0, where log(cosh(d)) ~ d**2/2
+    assert_matches(lambda x: ft.log_cosh_loss(x, t, reduction=reduction, backend=NEW),
+                   lambda x: reduce(torch.log(torch.cosh(x - t)), reduction), x, reduction, dtype)
+
+
+def test_log_cosh_does_not_overflow():
+    x = torch.tensor([1e4, -1e4, 3e38, 0.0], requires_grad=True)
+    t = torch.zeros(4)
+    loss = ft.log_cosh_loss(x, t, reduction="none", backend=NEW)
+    log2 = torch.log(torch.tensor(2.0))
+    expected = torch.stack([1e4 - log2, 1e4 - log2, torch.tensor(3e38), torch.tensor(0.0)])
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([1.0, -1.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_msle_matches_keras_formula(dtype, reduction):
+    shape = (5, 4, 3)
+    x = torch.rand(shape, generator=gen(0), dtype=dtype) * 4
+    x.view(-1)[::5] *= -1  # below the clamp: no gradient there
+    t = torch.rand(shape, generator=gen(1), dtype=dtype) * 4
+    t.view(-1)[::7] = 0.0
+
+    def keras(x):
+        return reduce((torch.log1p(x.clamp(min=1e-7)) - torch.log1p(t.clamp(min=1e-7))) ** 2, reduction)
+
+    assert_matches(lambda x: ft.msle_loss(x, t, reduction=reduction, backend=NEW), keras, x, reduction, dtype)
+    _, g = value_and_grad(lambda x: ft.msle_loss(x, t, reduction=reduction, backend=NEW), x, reduction)
+    assert torch.all(g[x < 1e-7] == 0) and torch.all(g[x > 1e-7] != 0)
+
+
+def cosine_by_normalize(x, t, dim):
+    """Keras' CosineSimilarity loss in torch ops: -sum(normalize(x) * normalize(t)), norms clamped at 1e-6."""
+    return -(F.normalize(x, dim=dim, eps=1e-6) * F.normalize(t, dim=dim, eps=1e-6)).sum(dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, dim", [((6, 5), 1), ((6, 5), -1), ((4, 5, 3), 1), ((4, 5, 3), -1), ((4, 5, 3), 0),
+                                        ((5,), 1), ((5,), 0)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cosine_similarity_matches_F(shape, dim, dtype, reduction):
+    x, t = randn(shape, dtype, 0), randn(shape, dtype, 1)
+    f_dim = dim if len(shape) > 1 else 0  # a 1-D input is one row
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim, reduction=reduction, backend=NEW),
+                   lambda x: reduce(-F.cosine_similarity(x, t, dim=f_dim), reduction), x, reduction, dtype)
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim=dim, reduction=reduction, backend=NEW),
+                   lambda x: reduce(cosine_by_normalize(x, t, f_dim), reduction), x, reduction, dtype)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cosine_similarity_zero_rows(reduction):
+    """A zero row (input or target) has loss 0; the clamp on the norm gives its gradient."""
+    d = torch.float64
+    x, t = randn((5, 4), d, 0), randn((5, 4), d, 1)
+    x[1] = 0.0
+    t[3] = 0.0
+    x[4] = 1e-9  # squared norm below the clamp
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, reduction=reduction, backend=NEW),
+                   lambda x: reduce(cosine_by_normalize(x, t, 1), reduction), x, reduction, d)
+
+
+NEW_LOSS_CALLS = {  # name -> (fastloss.torch call, its torch twin, targets from a (32, 10) model output)
+    "smooth_l1": (lambda z, y, b: ft.smooth_l1_loss(z, y, beta=0.5, backend=b),
+                  lambda z, y: F.smooth_l1_loss(z, y, beta=0.5), "values"),
+    "poisson_nll": (lambda z, y, b: ft.poisson_nll_loss(z, y, full=True, backend=b),
+                    lambda z, y: F.poisson_nll_loss(z, y, full=True), "counts"),
+    "sigmoid_focal": (lambda z, y, b: ft.sigmoid_focal_loss(z, y, 0.6, 1.5, "mean", backend=b),
+                      lambda z, y: torchvision_sigmoid_focal_loss(z, y, 0.6, 1.5, "mean"), "unit"),
+    "log_cosh": (lambda z, y, b: ft.log_cosh_loss(z, y, backend=b),
+                 lambda z, y: torch.log(torch.cosh(z - y)).mean(), "values"),
+    "msle": (lambda z, y, b: ft.msle_loss(z, y, backend=b),
+             lambda z, y: ((torch.log1p(z.clamp(min=1e-7)) - torch.log1p(y.clamp(min=1e-7))) ** 2).mean(), "unit"),
+    "cosine_similarity": (lambda z, y, b: ft.cosine_similarity_loss(z, y, backend=b),
+                          lambda z, y: -F.cosine_similarity(z, y).mean(), "values"),
+}
+
+
+def new_loss_targets(kind, shape=(32, 10)):
+    if kind == "counts":
+        return torch.poisson(torch.full(shape, 2.0), generator=gen(2))
+    if kind == "unit":
+        return torch.rand(shape, generator=gen(2))
+    return torch.randn(shape, generator=gen(2))
+
+
+def _train_on(loss_fn, target, steps=3, compile_=False):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = torch.randn(32, 16, generator=gen(1))
+    fn = torch.compile(lambda h, y: loss_fn(model(h), y), fullgraph=True) if compile_ else (
+        lambda h, y: loss_fn(model(h), y))
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = fn(h, target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, model.weight.detach().clone()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", list(NEW_LOSS_CALLS))
+def test_new_losses_train_under_torch_compile(name):
+    """A few SGD steps through torch.compile(fullgraph=True) match the same steps with the torch twin."""
+    torch._dynamo.reset()
+    ours_fn, theirs_fn, kind = NEW_LOSS_CALLS[name]
+    y = new_loss_targets(kind)
+    ours, w_ours = _train_on(lambda z, y: ours_fn(z, y, NEW), y, compile_=True)
+    theirs, w_theirs = _train_on(theirs_fn, y)
+    assert ours[-1] < ours[0]
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_ours, w_theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_new_losses_per_item_grad_output_under_torch_compile(reduction):
+    """Unreduced losses (one per element, one per row) weighted by a per-item upstream gradient, compiled."""
+    d = torch.float64
+    x, t = randn((6, 5, 3), d, 0), randn((6, 5, 3), d, 1)
+    r = torch.rand(6, 3, generator=gen(2), dtype=d) + 0.5
+    re = torch.rand(6, 5, 3, generator=gen(3), dtype=d) + 0.5
+
+    rows, elements = (r, re) if reduction == "none" else (1, 1)
+
+    def ours(x):
+        return ((ft.cosine_similarity_loss(x, t, reduction=reduction, backend=NEW) * rows).sum()
+                + (ft.smooth_l1_loss(x, t, reduction=reduction, beta=0.3, backend=NEW) * elements).sum())
+
+    def theirs(x):
+        return ((reduce(-F.cosine_similarity(x, t), reduction) * rows).sum()
+                + (F.smooth_l1_loss(x, t, reduction=reduction, beta=0.3) * elements).sum())
+
+    torch._dynamo.reset()
+    compiled = torch.compile(ours, fullgraph=True)
+    assert_matches(compiled, theirs, x, "mean", d)
+
+
+@pytest.mark.parametrize("name", ["smooth_l1", "poisson_nll", "sigmoid_focal", "cosine_similarity"])
+def test_new_ops_opcheck(name):
+    """Schema, fake kernel and autograd registration of the new losses' ops."""
+    x = randn((4, 5), torch.float32, 0).requires_grad_(True)
+    t = torch.rand(4, 5, generator=gen(1))
+    options = {"smooth_l1": (0.5,), "poisson_nll": (False, True, 1e-3), "sigmoid_focal": (0.25, 2.0),
+               "cosine_similarity": ()}[name]
+    if name == "poisson_nll":
+        x = (x.detach().abs() + 0.1).requires_grad_(True)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    for reduction in ("mean", "none"):
+        args = (x, t, reduction, NEW, *options)
+        torch.library.opcheck(getattr(torch.ops.fastloss, name).default, args, test_utils=utils)
+        torch.library.opcheck(getattr(torch.ops.fastloss, name + "_forward").default, args, test_utils=utils[:2])
+
+
+def test_new_modules_match_their_functions():
+    d = torch.float64
+    x, t = randn((6, 5), d, 0), randn((6, 5), d, 1)
+    counts = torch.poisson(torch.full((6, 5), 2.0, dtype=d), generator=gen(2))
+    unit = torch.rand(6, 5, generator=gen(3), dtype=d)
+    pairs = [
+        (ft.SmoothL1Loss(reduction="sum", beta=0.4, backend=NEW), torch.nn.SmoothL1Loss(reduction="sum", beta=0.4), t),
+        (ft.PoissonNLLLoss(True, True, backend=NEW), torch.nn.PoissonNLLLoss(True, True), counts),
+        (ft.PoissonNLLLoss(log_input=True, eps=1e-3, reduction="none", backend=NEW),
+         torch.nn.PoissonNLLLoss(eps=1e-3, reduction="none"), counts),
+        (ft.SigmoidFocalLoss(0.3, 1.5, backend=NEW), lambda x, y: torchvision_sigmoid_focal_loss(x, y, 0.3, 1.5), unit),
+        (ft.SigmoidFocalLoss(reduction="mean", backend=NEW),
+         lambda x, y: torchvision_sigmoid_focal_loss(x, y).mean(), unit),
+        (ft.LogCoshLoss(backend=NEW), lambda x, y: torch.log(torch.cosh(x - y)).mean(), t),
+        (ft.MSLELoss(reduction="sum", backend=NEW),
+         lambda x, y: ((torch.log1p(x.clamp(min=1e-7)) - torch.log1p(y.clamp(min=1e-7))) ** 2).sum(), unit),
+        (ft.CosineSimilarityLoss(backend=NEW), lambda x, y: -F.cosine_similarity(x, y).mean(), t),
+        (ft.CosineSimilarityLoss(0, reduction="none", backend=NEW), lambda x, y: -F.cosine_similarity(x, y, dim=0), t),
+    ]
+    for ours, theirs, target in pairs:
+        reduction = ours.reduction
+        assert_matches(lambda x: ours(x, target), lambda x: theirs(x, target), x, reduction, d)
+    assert ft.SigmoidFocalLoss().reduction == "none"  # torchvision's default, as the function's
+
+
+def test_new_losses_inplace_grad():
+    """inplace_grad=True: the gradient overwrites the (non-leaf) input, the parameters' gradients agree."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 6)
+    h = torch.randn(10, 8, generator=gen(1))
+    t = torch.randn(10, 6, generator=gen(2))
+    pairs = [(lambda z, **k: ft.smooth_l1_loss(z, t, beta=0.5, **k), lambda z: F.smooth_l1_loss(z, t, beta=0.5)),
+             (lambda z, **k: ft.cosine_similarity_loss(z, t, **k), lambda z: -F.cosine_similarity(z, t).mean())]
+    for ours, theirs in pairs:
+        lin.zero_grad()
+        ours(lin(h), inplace_grad=True, backend=NEW).backward()
+        got = lin.weight.grad.clone()
+        lin.zero_grad()
+        theirs(lin(h)).backward()
+        torch.testing.assert_close(got, lin.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(NEW_LOSS_CALLS))
+def test_new_losses_half_precision_inputs(name, dtype):
+    ours_fn, theirs_fn, kind = NEW_LOSS_CALLS[name]
+    x = randn((8, 10), torch.float32, 0, scale=1.0)
+    y = new_loss_targets(kind, (8, 10))
+    lo, go = value_and_grad(lambda x: ours_fn(x, y, NEW), x.to(dtype), "mean")
+    lt, gt = value_and_grad(lambda x: theirs_fn(x, y), x.to(dtype).float(), "mean")
+    assert lo.dtype == go.dtype == dtype
+    torch.testing.assert_close(lo.float(), lt, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(go.float(), gt, rtol=2e-2, atol=1e-3)
+
+
+def test_new_losses_errors():
+    x, t = randn((4, 5), torch.float64, 0), randn((4, 5), torch.float64, 1)
+    with pytest.raises(ValueError, match="dim=2 is out of range"):
+        ft.cosine_similarity_loss(x, t, dim=2, backend=NEW)
+    with pytest.raises(ValueError, match="reduction"):
+        ft.sigmoid_focal_loss(x, t.sigmoid(), reduction="batchmean", backend=NEW)
+    with pytest.raises(ValueError, match="beta"):
+        ft.smooth_l1_loss(x, t, beta=-1.0, backend=NEW)
+    with pytest.raises(ValueError, match="gamma"):
+        ft.sigmoid_focal_loss(x, t.sigmoid(), gamma=-1, backend=NEW)
+    with pytest.raises(ValueError, match="shape"):
+        ft.cosine_similarity_loss(x, t[:, :3], backend=NEW)
+    with pytest.raises(ValueError, match="target requires grad"):
+        ft.msle_loss(x, t.requires_grad_(True), backend=NEW)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
+@pytest.mark.parametrize("name", list(NEW_LOSS_CALLS))
+def test_new_losses_on_every_cpu_backend(name, backend):
+    from fastloss._dispatch import BackendUnavailable, get_backend
+    try:
+        get_backend(backend)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    ours_fn, theirs_fn, kind = NEW_LOSS_CALLS[name]
+    x = randn((6, 10), torch.float64, 0, scale=1.0)
+    y = new_loss_targets(kind, (6, 10)).double()
+    assert_matches(lambda x: ours_fn(x, y, backend), lambda x: theirs_fn(x, y), x, "mean", torch.float64)

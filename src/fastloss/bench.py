@@ -20,16 +20,18 @@ import numpy as np
 
 import fastloss
 from fastloss._dispatch import available
-from fastloss._specs import ROWS, SPECS
+from fastloss._specs import ROWS, SPECS, VALUES
 
 FULL = {
     "softmax_xent": [(32, 10), (256, 32000), (4096, 32000), (65536, 1000), (1_000_000, 10)],
     "multiclass_hinge": [(32, 10), (65536, 1000)],
+    "cosine_similarity": [(32, 10), (65536, 1000)],
     "elements": [(32, 10), (4096, 8192)],
 }
 QUICK = {
     "softmax_xent": [(32, 10), (256, 32000), (16384, 1000)],
     "multiclass_hinge": [(16384, 1000)],
+    "cosine_similarity": [(16384, 1000)],
     "elements": [(1024, 8192)],
 }
 
@@ -75,12 +77,19 @@ def read_bandwidth(n_threads, nbytes=1 << 28, rounds=7):
 def make_problem(name, shape, dtype, rng):
     spec = SPECS[name]
     x = rng.standard_normal(shape).astype(dtype)
-    if spec.layout == ROWS:
+    if spec.layout == ROWS and spec.targets != VALUES:
         t = rng.integers(0, shape[-1], shape[:-1])
     elif name == "hinge":
         t = rng.choice(np.array([-1.0, 1.0], dtype), shape)
     elif name in ("sigmoid_bce", "kl_div"):
         t = rng.uniform(0, 1, shape).astype(dtype)
+    elif name == "sigmoid_focal":  # detection's 0/1 labels
+        t = (rng.uniform(0, 1, shape) < 0.1).astype(dtype)
+    elif name == "poisson_nll":  # counts (the input: log-rates)
+        t = rng.poisson(2.0, shape).astype(dtype)
+    elif name == "msle":  # non-negative predictions and targets
+        np.abs(x, out=x)
+        t = rng.uniform(0, 4, shape).astype(dtype)
     else:
         t = rng.standard_normal(shape).astype(dtype)
     return x, t
@@ -113,6 +122,11 @@ def _peers(name, x, t):
             "multiclass_hinge": lambda a, b: F.multi_margin_loss(a, b),
             "sigmoid_bce": F.binary_cross_entropy_with_logits, "huber": F.huber_loss,
             "mse": F.mse_loss, "mae": F.l1_loss, "kl_div": lambda a, b: F.kl_div(a, b, reduction="sum") / a.numel(),  # = "mean", without its warning
+            "smooth_l1": F.smooth_l1_loss, "poisson_nll": F.poisson_nll_loss,
+            "sigmoid_focal": _torch_sigmoid_focal,
+            "log_cosh": lambda a, b: torch.log(torch.cosh(a - b)).mean(),
+            "msle": lambda a, b: (torch.log1p(a.clamp(min=1e-7)) - torch.log1p(b.clamp(min=1e-7))).square().mean(),
+            "cosine_similarity": lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean(),  # ours, away from zero rows
         }.get(name)
         if torch_fn is not None:
             xt, tt = torch.from_numpy(x), torch.from_numpy(t)
@@ -149,12 +163,29 @@ def _peers(name, x, t):
     return peers
 
 
+def _torch_sigmoid_focal(inputs, targets, alpha=0.25, gamma=2):
+    """torchvision.ops.sigmoid_focal_loss in torch ops (what a user without torchvision writes),
+    reduction "mean"."""
+    import torch
+    import torch.nn.functional as F
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * loss).mean()
+
+
 def _fastloss_torch(name):
     """fastloss.torch's twin of torch_fn (class axis = dim 1, as F's), or None."""
     import fastloss.torch as flt
     return {"softmax_xent": flt.cross_entropy, "sigmoid_bce": flt.binary_cross_entropy_with_logits,
             "huber": flt.huber_loss, "mse": flt.mse_loss, "mae": flt.l1_loss,
-            "multiclass_hinge": flt.multi_margin_loss}.get(name)
+            "multiclass_hinge": flt.multi_margin_loss, "smooth_l1": flt.smooth_l1_loss,
+            "poisson_nll": flt.poisson_nll_loss,
+            "sigmoid_focal": lambda a, b: flt.sigmoid_focal_loss(a, b, reduction="mean"),
+            "log_cosh": flt.log_cosh_loss, "msle": flt.msle_loss,
+            "cosine_similarity": flt.cosine_similarity_loss}.get(name)
 
 
 def _jax_loss(name):
@@ -168,6 +199,31 @@ def _jax_loss(name):
         return lambda a, b: jnp.mean(jnp.abs(a - b))
     if name == "sigmoid_bce":
         return lambda a, b: jnp.mean(jnp.maximum(a, 0) - a * b + jnp.log1p(jnp.exp(-jnp.abs(a))))
+    if name == "smooth_l1":
+        def smooth_l1(a, b):
+            d = a - b
+            ad = jnp.abs(d)
+            return jnp.mean(jnp.where(ad < 1.0, 0.5 * d * d, ad - 0.5))
+        return smooth_l1
+    if name == "log_cosh":  # optax.losses.log_cosh
+        return lambda a, b: jnp.mean(jnp.logaddexp(a - b, b - a) - jnp.log(2.0).astype(a.dtype))
+    if name == "msle":
+        return lambda a, b: jnp.mean(jnp.square(jnp.log1p(jnp.maximum(a, 1e-7)) - jnp.log1p(jnp.maximum(b, 1e-7))))
+    if name == "poisson_nll":
+        return lambda a, b: jnp.mean(jnp.exp(a) - b * a)
+    if name == "sigmoid_focal":
+        def sigmoid_focal(a, b, alpha=0.25):
+            p = jax.nn.sigmoid(a)
+            ce = jnp.maximum(a, 0) - a * b + jnp.log1p(jnp.exp(-jnp.abs(a)))
+            m = p * (1 - b) + (1 - p) * b  # 1 - p_t
+            return jnp.mean((alpha * b + (1 - alpha) * (1 - b)) * ce * m * m)
+        return sigmoid_focal
+    if name == "cosine_similarity":
+        def cosine_similarity(a, b):
+            na = jnp.sqrt(jnp.maximum(jnp.sum(a * a, -1), 1e-12))
+            nb = jnp.sqrt(jnp.maximum(jnp.sum(b * b, -1), 1e-12))
+            return -jnp.mean(jnp.sum(a * b, -1) / (na * nb))
+        return cosine_similarity
     return None
 
 
@@ -351,9 +407,81 @@ def _np_kl_div(x, t, g, log_target=False):
     return loss, g
 
 
+def _np_smooth_l1(x, t, g, beta=1.0):
+    d = x - t
+    a = np.abs(d)
+    small = a < beta
+    loss = np.where(small, 0.5 * d * d / beta, a - 0.5 * beta).mean()
+    np.copyto(g, np.where(small, d / beta, np.sign(d)))
+    g /= x.size
+    return loss, g
+
+
+def _np_log_cosh(x, t, g):
+    d = x - t
+    loss = (np.logaddexp(d, -d) - np.log(2)).mean()
+    np.tanh(d, out=g)
+    g /= x.size
+    return loss, g
+
+
+def _np_msle(x, t, g):
+    d = np.log1p(np.maximum(x, 1e-7)) - np.log1p(np.maximum(t, 1e-7))
+    loss = (d * d).mean()
+    np.divide(2 * d, 1 + x, out=g)
+    g[x < 1e-7] = 0
+    g /= x.size
+    return loss, g
+
+
+def _np_poisson_nll(x, t, g, log_input=True, full=False, eps=1e-8):
+    if log_input:
+        e = np.exp(x)
+        loss = e - t * x
+        np.subtract(e, t, out=g)
+    else:
+        loss = x - t * np.log(x + eps)
+        np.subtract(1, t / (x + eps), out=g)
+    if full:
+        tt = np.where(t > 1, t, 1)
+        loss += np.where(t > 1, tt * np.log(tt) - tt + 0.5 * np.log(2 * np.pi * tt), 0)
+    g /= x.size
+    return loss.mean(), g
+
+
+def _np_sigmoid_focal(x, t, g, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + np.exp(-x))
+    ce = np.logaddexp(0, -x) + (1 - t) * x  # bce with logits
+    m = p + t - 2 * p * t  # 1 - p_t
+    mod = m**gamma
+    a_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else 1
+    loss = (a_t * ce * mod).mean()
+    # d/dx: (p - t) * mod + ce * gamma * m**(gamma-1) * p*(1-p)*(1 - 2t)
+    dm = p * (1 - p) * (1 - 2 * t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dmod = np.where(m > 0, gamma * m ** (gamma - 1), 0) * dm
+    np.multiply(a_t, (p - t) * mod + ce * dmod, out=g)
+    g /= x.size
+    return loss, g
+
+
+def _np_cosine_similarity(x, t, g):
+    nx = np.sqrt(np.maximum((x * x).sum(1), 1e-12))
+    nt = np.sqrt(np.maximum((t * t).sum(1), 1e-12))
+    cos = (x * t).sum(1) / (nx * nt)
+    n = x.shape[0]
+    # d(-cos)/dx = -(t/(|x||t|) - cos * x/|x|**2)
+    np.multiply(x, (cos / (nx * nx))[:, None], out=g)
+    g -= t / (nx * nt)[:, None]
+    g /= n
+    return -cos.mean(), g
+
+
 SMALL_NUMPY = {"softmax_xent": _np_softmax_xent, "sigmoid_bce": _np_sigmoid_bce, "huber": _np_huber,
                "hinge": _np_hinge, "multiclass_hinge": _np_multiclass_hinge, "mse": _np_mse, "mae": _np_mae,
-               "kl_div": _np_kl_div}
+               "kl_div": _np_kl_div, "smooth_l1": _np_smooth_l1, "log_cosh": _np_log_cosh, "msle": _np_msle,
+               "poisson_nll": _np_poisson_nll, "sigmoid_focal": _np_sigmoid_focal,
+               "cosine_similarity": _np_cosine_similarity}
 SMALL_TARGETS = {"cython": 3e-6, "numba": 10e-6}  # seconds per call
 
 
@@ -365,6 +493,8 @@ def small_cases(rng, n=32, c=10, dtype=np.float32):
     logp = x - np.log(np.exp(x).sum(1, keepdims=True))  # log_softmax
     probs = np.exp(v) / np.exp(v).sum(1, keepdims=True)
     w = rng.uniform(0.5, 2, c).astype(dtype)
+    counts = rng.poisson(2.0, (n, c)).astype(dtype)
+    labels01 = (u < 0.2).astype(dtype)
     return [("softmax_xent", "defaults", x, y, {}), ("softmax_xent", "int32 labels", x, y.astype(np.int32), {}),
             ("softmax_xent", "weight=(C,)", x, y, dict(weight=w)),
             ("softmax_xent", "label_smoothing", x, y, dict(label_smoothing=0.1)),
@@ -378,7 +508,13 @@ def small_cases(rng, n=32, c=10, dtype=np.float32):
             ("multiclass_hinge", "crammer_singer", x, y, dict(mode="crammer_singer")),
             ("multiclass_hinge", "weight=(C,)", x, y, dict(weight=w)),
             ("mse", "defaults", x, v, {}), ("mae", "defaults", x, v, {}),
-            ("kl_div", "defaults", logp, probs, {}), ("kl_div", "log_target", logp, np.log(probs), dict(log_target=True))]
+            ("kl_div", "defaults", logp, probs, {}),
+            ("kl_div", "log_target", logp, np.log(probs), dict(log_target=True)),
+            ("smooth_l1", "defaults", x, v, {}), ("smooth_l1", "beta=0.5", x, v, dict(beta=0.5)),
+            ("log_cosh", "defaults", x, v, {}), ("msle", "defaults", np.abs(x), np.abs(v), {}),
+            ("poisson_nll", "defaults", x, counts, {}), ("poisson_nll", "full", x, counts, dict(full=True)),
+            ("sigmoid_focal", "defaults", x, labels01, {}), ("sigmoid_focal", "soft targets", x, u, {}),
+            ("cosine_similarity", "defaults", x, v, {})]
 
 
 def run_small(rounds=None, min_seconds=1e-2):

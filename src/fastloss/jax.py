@@ -4,7 +4,11 @@ Names, arguments, defaults and layout (class axis last) are those of the NumPy A
 
     fastloss.jax.softmax_xent(logits, labels, reduction="mean", weight=None, ignore_index=-100,
                               label_smoothing=0.0, z_loss=0.0)
-    fastloss.jax.sigmoid_bce / huber / hinge / multiclass_hinge / mse / mae / kl_div
+    fastloss.jax.sigmoid_bce / huber / hinge / multiclass_hinge / mse / mae / kl_div / smooth_l1 /
+        log_cosh / msle / poisson_nll / sigmoid_focal / cosine_similarity
+
+(``cosine_similarity`` is a row loss over the last axis, with float targets of the input's
+shape; the others after ``multiclass_hinge`` are elementwise.)
 
 The forward runs fastloss's fused ``<loss>_and_grad`` kernel on the host through
 ``jax.pure_callback`` and keeps the gradient as the residual; the backward only multiplies it by
@@ -12,8 +16,9 @@ the cotangent. Without differentiation a loss-only kernel runs. The kernels run 
 on a JAX accelerator the callback copies the arrays to the host and back.
 
 * ``reduction`` and the scalar options (``ignore_index``, ``label_smoothing``, ``z_loss``,
-  ``delta``, ``margin``, ``squared``, ``mode``, ``log_target``) are static: Python values, not
-  traced arrays (a new value retraces). ``weight`` and ``pos_weight`` are traced arrays.
+  ``delta``, ``margin``, ``squared``, ``mode``, ``log_target``, ``beta``, ``log_input``,
+  ``full``, ``eps``, ``alpha``, ``gamma``) are static: Python values, not traced arrays (a new
+  value retraces). ``weight`` and ``pos_weight`` are traced arrays.
 * Gradients flow to the first argument only: the cotangent of the targets, ``weight`` and
   ``pos_weight`` is zero (as in the NumPy API, "gradients are taken with respect to the first
   argument only").

@@ -10,6 +10,25 @@ functions they mirror::
     fastloss.torch.hinge_loss                 no F equivalent                 (hinge)
     fastloss.torch.multi_margin_loss          F.multi_margin_loss             (multiclass_hinge)
     fastloss.torch.mse_loss / l1_loss / kl_div                                (mse, mae, kl_div)
+    fastloss.torch.smooth_l1_loss             F.smooth_l1_loss                (smooth_l1)
+    fastloss.torch.poisson_nll_loss           F.poisson_nll_loss              (poisson_nll)
+    fastloss.torch.sigmoid_focal_loss         torchvision.ops.sigmoid_focal_loss (sigmoid_focal)
+    fastloss.torch.log_cosh_loss              no F equivalent                 (log_cosh)
+    fastloss.torch.msle_loss                  no F equivalent                 (msle)
+    fastloss.torch.cosine_similarity_loss     -F.cosine_similarity            (cosine_similarity)
+
+Each has an ``nn.Module`` (``SmoothL1Loss``, ``PoissonNLLLoss``, ``SigmoidFocalLoss``,
+``LogCoshLoss``, ``MSLELoss``, ``CosineSimilarityLoss`` beside ``CrossEntropyLoss`` & co.).
+Where F has the loss, the arguments are F's (its deprecated ``size_average``/``reduce`` left
+out, so what follows them is keyword-only); ``sigmoid_focal_loss`` takes torchvision's
+``(inputs, targets, alpha=0.25, gamma=2, reduction="none")``, default reduction ``"none"``
+included (``SigmoidFocalLoss`` too). The losses F lacks are Keras': ``log_cosh_loss`` is
+``log(cosh(input - target))``, ``msle_loss`` is
+``(log1p(clamp(input, min=1e-7)) - log1p(clamp(target, min=1e-7)))**2``, and
+``cosine_similarity_loss(input, target, dim=1)`` is the row loss
+``-F.cosine_similarity(input, target, dim)``, each norm clamped at 1e-6 (``F.normalize``'s
+``eps=1e-6``; an all-zero row has loss 0), one loss per row over ``dim`` (dim 1, the class
+axis of ``cross_entropy``, by default; a 1-D input is one row), ``"mean"`` over rows.
 
 How it works. Each loss is a ``torch.library.custom_op`` (``torch.ops.fastloss.<loss word>``)
 whose forward runs the fused ``<loss>_and_grad`` kernel once, returning the loss and saving
@@ -38,16 +57,19 @@ from ._specs import ELEMENTS, SPECS
 
 __all__ = [
     "cross_entropy", "binary_cross_entropy_with_logits", "huber_loss", "hinge_loss",
-    "multi_margin_loss", "mse_loss", "l1_loss", "kl_div",
+    "multi_margin_loss", "mse_loss", "l1_loss", "kl_div", "smooth_l1_loss", "poisson_nll_loss",
+    "sigmoid_focal_loss", "log_cosh_loss", "msle_loss", "cosine_similarity_loss",
     "CrossEntropyLoss", "BCEWithLogitsLoss", "HuberLoss", "HingeLoss", "MultiMarginLoss",
-    "MSELoss", "L1Loss", "KLDivLoss",
+    "MSELoss", "L1Loss", "KLDivLoss", "SmoothL1Loss", "PoissonNLLLoss", "SigmoidFocalLoss",
+    "LogCoshLoss", "MSLELoss", "CosineSimilarityLoss",
 ]
 
 # the schema type of every option of the spec table
 _OPTION_TYPES = {
     "weight": Optional[torch.Tensor], "pos_weight": Optional[torch.Tensor], "ignore_index": int,
     "label_smoothing": float, "z_loss": float, "delta": float, "margin": float,
-    "squared": bool, "mode": str, "log_target": bool,
+    "squared": bool, "mode": str, "log_target": bool, "beta": float, "log_input": bool,
+    "full": bool, "eps": float, "alpha": float, "gamma": float,
 }
 _NATIVE = (torch.float32, torch.float64)  # dtypes the kernels take as they are
 
@@ -313,6 +335,67 @@ def kl_div(input, target, *, reduction="mean", log_target=False, inplace_grad=Fa
     return _loss("kl_div", input, target, reduction, backend, inplace_grad, False, log_target=log_target)
 
 
+def smooth_l1_loss(input, target, *, reduction="mean", beta=1.0, inplace_grad=False, backend="auto"):
+    """``F.smooth_l1_loss``: ``0.5*d**2/beta`` if ``|d| < beta`` else ``|d| - 0.5*beta``,
+    ``d = input - target`` (``beta=0`` is ``l1_loss``). Target of the input's shape."""
+    return _loss("smooth_l1", input, target, reduction, backend, inplace_grad, False, beta=beta)
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, *, eps=1e-8, reduction="mean",
+                     inplace_grad=False, backend="auto"):
+    """``F.poisson_nll_loss``: ``exp(input) - target*input`` (``log_input=True``), else
+    ``input - target*log(input + eps)``; ``full`` adds the Stirling term
+    ``target*log(target) - target + 0.5*log(2*pi*target)`` where ``target > 1``."""
+    return _loss("poisson_nll", input, target, reduction, backend, inplace_grad, False,
+                 log_input=log_input, full=full, eps=eps)
+
+
+def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none", *, inplace_grad=False,
+                       backend="auto"):
+    """``torchvision.ops.sigmoid_focal_loss`` (Lin et al. 2017), its arguments and its default
+    ``reduction="none"``: ``alpha_t * bce_with_logits(inputs, targets) * (1 - p_t)**gamma``,
+    ``p = sigmoid(inputs)``, ``p_t = p*targets + (1-p)*(1-targets)``,
+    ``alpha_t = alpha*targets + (1-alpha)*(1-targets)`` (no alpha factor when ``alpha < 0``)."""
+    return _loss("sigmoid_focal", inputs, targets, reduction, backend, inplace_grad, False,
+                 alpha=alpha, gamma=gamma)
+
+
+def log_cosh_loss(input, target, *, reduction="mean", inplace_grad=False, backend="auto"):
+    """Keras' ``LogCosh``: ``log(cosh(input - target))``, computed without overflow for any
+    difference. Target of the input's shape."""
+    return _loss("log_cosh", input, target, reduction, backend, inplace_grad, False)
+
+
+def msle_loss(input, target, *, reduction="mean", inplace_grad=False, backend="auto"):
+    """Keras' ``MeanSquaredLogarithmicError``:
+    ``(log1p(clamp(input, min=1e-7)) - log1p(clamp(target, min=1e-7)))**2``; no gradient
+    where ``input < 1e-7`` (as ``clamp``'s)."""
+    return _loss("msle", input, target, reduction, backend, inplace_grad, False)
+
+
+def cosine_similarity_loss(input, target, dim=1, *, reduction="mean", inplace_grad=False, backend="auto"):
+    """Keras' ``CosineSimilarity`` loss: ``-F.cosine_similarity(input, target, dim)`` per row,
+    each norm clamped at 1e-6 (``-sum(F.normalize(input, dim=dim, eps=1e-6) *
+    F.normalize(target, dim=dim, eps=1e-6), dim)``). ``input`` and ``target`` have the same
+    shape (no broadcasting); ``dim`` (default 1, the class axis of ``cross_entropy``) is the
+    row axis, and a 1-D input is one row. ``reduction="none"`` returns the shape without
+    ``dim``; ``"mean"`` averages over rows."""
+    if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor):
+        if input.dim() > 1:
+            axis = dim + input.dim() if dim < 0 else dim
+            if not 0 <= axis < input.dim():
+                raise ValueError(f"fastloss.torch: cosine_similarity_loss: dim={dim} is out of range for "
+                                 f"an input of {input.dim()} dimensions")
+            if axis != input.dim() - 1:
+                input = input.movedim(axis, -1)  # a view: the row axis last, as the kernel takes it
+                if target.dim() == input.dim():
+                    target = target.movedim(axis, -1)
+        elif dim not in (0, 1, -1):
+            raise ValueError(f"fastloss.torch: cosine_similarity_loss: a 1-D input is one row; "
+                             f"dim={dim} is out of range")
+    return _loss("cosine_similarity", input, target, reduction, backend, inplace_grad, False)
+
+
 # ---- nn.Module wrappers, constructed like torch.nn's -----------------------------------------
 
 class _Loss(torch.nn.Module):
@@ -405,3 +488,58 @@ class KLDivLoss(_Loss):
 
     def forward(self, input, target):
         return kl_div(input, target, log_target=self.log_target, **self._common())
+
+
+class SmoothL1Loss(_Loss):
+    def __init__(self, *, reduction="mean", beta=1.0, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.beta = beta
+
+    def forward(self, input, target):
+        return smooth_l1_loss(input, target, beta=self.beta, **self._common())
+
+
+class PoissonNLLLoss(_Loss):
+    def __init__(self, log_input=True, full=False, *, eps=1e-8, reduction="mean", inplace_grad=False,
+                 backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.log_input, self.full, self.eps = log_input, full, eps
+
+    def forward(self, input, target):
+        return poisson_nll_loss(input, target, self.log_input, self.full, eps=self.eps, **self._common())
+
+
+class SigmoidFocalLoss(_Loss):
+    """``sigmoid_focal_loss`` as a module; like the function, ``reduction="none"`` by default."""
+
+    def __init__(self, alpha=0.25, gamma=2, reduction="none", *, inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, input, target):
+        return sigmoid_focal_loss(input, target, self.alpha, self.gamma, **self._common())
+
+
+class LogCoshLoss(_Loss):
+    def __init__(self, *, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+
+    def forward(self, input, target):
+        return log_cosh_loss(input, target, **self._common())
+
+
+class MSLELoss(_Loss):
+    def __init__(self, *, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+
+    def forward(self, input, target):
+        return msle_loss(input, target, **self._common())
+
+
+class CosineSimilarityLoss(_Loss):
+    def __init__(self, dim=1, *, reduction="mean", inplace_grad=False, backend="auto"):
+        super().__init__(reduction, inplace_grad, backend)
+        self.dim = dim
+
+    def forward(self, input, target):
+        return cosine_similarity_loss(input, target, self.dim, **self._common())
