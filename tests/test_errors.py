@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cases import BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
-from fastloss._specs import ROWS, SPECS
+from fastloss._specs import CLASSES, CLASSES_OR_PROBS, SPECS
 
 
 def _expect(exc, match, name, entry, x, t, backend, **kwargs):
@@ -19,7 +19,7 @@ def _expect(exc, match, name, entry, x, t, backend, **kwargs):
 
 
 @pytest.mark.parametrize("entry", ("loss", "grad", "loss_and_grad"))
-@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.layout == ROWS])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.targets in (CLASSES, CLASSES_OR_PROBS)])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_label_names_position_and_value(backend, name, entry):
     backend_or_skip(backend)
@@ -70,6 +70,17 @@ def test_shape_dtype_option_and_out_errors(backend, name):
         e(TypeError, "integer class indices or float probabilities", t=t.astype(bool))
     if "squared" in spec.options:
         e(TypeError, "squared must be True or False", squared="yes")
+    for flag in ("log_input", "full"):
+        if flag in spec.options:
+            e(TypeError, f"{flag} must be True or False", **{flag: 1})
+    for option in ("beta", "eps", "gamma"):
+        if option in spec.options:
+            e(ValueError, rf"{option} must be >= 0.0, got -0.5", **{option: -0.5})
+            e(ValueError, f"{option} must be finite", **{option: np.inf})
+    if "alpha" in spec.options:
+        e(ValueError, "alpha must be finite", alpha=-np.inf)
+        e(ValueError, "alpha", alpha=np.nan)
+        e(TypeError, "alpha must be a real number", alpha="0.25")
     if spec.targets == "classes":
         e(TypeError, "must be integer class indices", t=t.astype(np.float64))
     if name == "hinge":

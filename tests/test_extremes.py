@@ -85,3 +85,35 @@ def test_batch_with_every_row_ignored(backend):
     assert call("softmax_xent", "loss", x, y, backend=backend, reduction="sum") == 0
     w = np.ones(3)
     assert np.isnan(call("softmax_xent", "loss", x, y, backend=backend, weight=w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_where_the_textbook_formula_is_not(backend, dtype):
+    """log_cosh at |d| = 1e4 (cosh overflows), sigmoid focal at logits of +-1e4 (finite, as the
+    float64 value), cosine similarity of rows of zeros (the 1e-12 clamp), msle below its clamp
+    (no gradient)."""
+    backend_or_skip(backend)
+    d = np.array([1e4, -1e4, 0.0, 30.0], dtype)
+    loss, grad = call("log_cosh", "loss_and_grad", d, np.zeros_like(d), backend=backend, reduction="none")
+    assert_matches_rounded_reference(loss, [1e4 - np.log(2), 1e4 - np.log(2), 0.0, 30 - np.log(2)], dtype, "log_cosh")
+    np.testing.assert_array_equal(grad, np.array([1, -1, 0, 1], dtype))
+    x = np.array([1e4, -1e4, 1e4, -1e4, 1e4, 0.0], dtype)
+    t = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.5], dtype)
+    for opts in ({}, {"gamma": 0.5, "alpha": -1.0}, {"gamma": 0.0}):
+        loss, grad = call("sigmoid_focal", "loss_and_grad", x, t, backend=backend, reduction="none", **opts)
+        assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad)), opts
+        assert_matches_rounded_reference(loss, reference.loss("sigmoid_focal", x, t, "none", **opts), dtype, f"focal {opts}")
+        assert_matches_rounded_reference(grad, reference.grad("sigmoid_focal", x, t, "none", **opts), dtype, f"focal {opts}")
+    x = np.zeros((3, 4), dtype)
+    x[2] = [1e-7, 0, 0, 0]  # a norm under the clamp too
+    t = np.ones((3, 4), dtype)
+    t[1] = 0.0
+    loss, grad = call("cosine_similarity", "loss_and_grad", x, t, backend=backend, reduction="none")
+    assert_matches_rounded_reference(loss, reference.loss("cosine_similarity", x, t, "none"), dtype, "cosine")
+    assert_matches_rounded_reference(grad, reference.grad("cosine_similarity", x, t, "none"), dtype, "cosine")
+    assert np.all(np.isfinite(grad)) and np.all(grad[1] == 0)
+    x = np.array([-3.0, 0.0, 1e-8, -np.inf, 0.5], dtype)
+    loss, grad = call("msle", "loss_and_grad", x, np.ones_like(x), backend=backend, reduction="none")
+    np.testing.assert_array_equal(grad[:4], 0.0)
+    assert grad[4] != 0 and np.all(np.isfinite(loss))

@@ -145,6 +145,8 @@ def test_shapes(backend, name, shape, dtype, reduction, tol):
     backend_or_skip(backend)
     if np.prod(shape) > 10**6:
         skip_if_simulated(backend, f"{np.prod(shape):,} elements")
+    if name == "cosine_similarity" and shape[-1] == 1:  # see test_cosine_similarity_of_one_class
+        shape = shape[:-1] + (2,)
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, OPTION_CASES[name][-1], dtype, rng, shape)
     loss, grad = call(name, "loss_and_grad", x, t, reduction=reduction, backend=backend, **opts)
@@ -189,7 +191,7 @@ def test_noncontiguous_readonly_and_integer_inputs(backend, name):
         loss, grad = call(name, "loss_and_grad", variant, t, backend=backend, reduction="none", **opts)
         np.testing.assert_array_equal(loss, expected[0])
         np.testing.assert_array_equal(grad, expected[1])
-    if SPECS[name].layout == ROWS:
+    if t.dtype.kind == "i":  # class labels of every integer dtype
         t = np.where(t < 0, 1, t)  # unsigned dtypes cannot hold the default ignore_index
         ref = call(name, "loss", x, t, backend=backend, reduction="sum", **opts)
         for dtype in (np.int8, np.uint16, np.int32, np.uint64):
@@ -266,3 +268,18 @@ def test_kinks_use_pytorch_subgradients(backend):
     cs = call("multiclass_hinge", "grad", wide, np.array([0]), backend=backend, reduction="sum",
               mode="crammer_singer")
     assert cs[0, 5] == 1 and cs[0, 0] == -1 and np.count_nonzero(cs) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosine_similarity_of_one_class(backend, dtype):
+    """Rows of one element: the loss is -sign(x) sign(t) and the gradient 0 (x/|x| is constant),
+    which the kernels compute as a difference of two equal terms: 0 up to their rounding, so it
+    is held to that rounding here rather than to a relative error of a zero."""
+    backend_or_skip(backend)
+    seed, rng = seeded_rng()
+    x = (rng.standard_normal((50, 1)) + np.sign(rng.standard_normal((50, 1))) * 0.1).astype(dtype)
+    t = rng.standard_normal((50, 1)).astype(dtype)
+    loss, grad = call("cosine_similarity", "loss_and_grad", x, t, backend=backend, reduction="none")
+    np.testing.assert_array_equal(loss, -np.sign(x[:, 0]) * np.sign(t[:, 0]))
+    assert np.all(np.abs(grad) <= 8 * np.finfo(dtype).eps / np.abs(x)), f"seed={seed}"
