@@ -16,9 +16,6 @@ from fastloss import reference  # noqa: E402
 
 REDUCTIONS = ("mean", "sum", "none")
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
-# smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal and cosine_similarity run on the NumPy backend
-# here (their compiled kernels land separately); test_new_losses_on_every_cpu_backend runs each backend
-NEW = "numpy"
 NEW_LOSSES = ("smooth_l1", "log_cosh", "msle", "poisson_nll", "sigmoid_focal", "cosine_similarity")
 
 
@@ -234,8 +231,7 @@ def test_against_reference(dtype, name, case, reduction):
         t = (r.uniform(0, 3, shape) if name == "msle" else r.standard_normal(shape) * 2).astype(dtype)
     else:
         t = r.uniform(0, 1, shape).astype(dtype)
-    backend = NEW if name in NEW_LOSSES else "auto"
-    assert_matches_reference(name, x, jnp.asarray(t), reduction, dtype, backend, **options)
+    assert_matches_reference(name, x, jnp.asarray(t), reduction, dtype, "auto", **options)
 
 
 # ---- the losses optax has among smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal, cosine_similarity
@@ -249,14 +245,14 @@ def test_smooth_l1_is_huber_over_beta(dtype, beta, reduction):
     def theirs(x):
         return reduce(optax.huber_loss(x, t, delta=beta) / beta if beta else jnp.abs(x - t), reduction)
 
-    assert_matches(lambda x: fj.smooth_l1(x, t, reduction=reduction, beta=beta, backend=NEW), theirs,
+    assert_matches(lambda x: fj.smooth_l1(x, t, reduction=reduction, beta=beta), theirs,
                    x, reduction, dtype)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_log_cosh(dtype, reduction):
     x, t = logits((5, 4), dtype), jnp.asarray(logits((5, 4), dtype, 1))
-    assert_matches(lambda x: fj.log_cosh(x, t, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: fj.log_cosh(x, t, reduction=reduction),
                    lambda x: reduce(optax.losses.log_cosh(x, t), reduction), x, reduction, dtype)
 
 
@@ -268,7 +264,7 @@ def test_msle_keras_formula(dtype, reduction):
     def keras(x):
         return reduce((jnp.log1p(jnp.maximum(x, 1e-7)) - jnp.log1p(jnp.maximum(t, 1e-7))) ** 2, reduction)
 
-    assert_matches(lambda x: fj.msle(x, t, reduction=reduction, backend=NEW), keras, x, reduction, dtype)
+    assert_matches(lambda x: fj.msle(x, t, reduction=reduction), keras, x, reduction, dtype)
 
 
 @pytest.mark.parametrize("case", [dict(alpha=0.25, gamma=2.0), dict(alpha=0.7, gamma=0.5), dict(alpha=-1.0, gamma=0.0),
@@ -281,7 +277,7 @@ def test_sigmoid_focal(dtype, case, reduction):
     u = rng(1).uniform(0, 1, (6, 5))
     t = jnp.asarray((u < 0.3 if case.get("binary") else u).astype(dtype))
     alpha, gamma = case["alpha"], case["gamma"]
-    assert_matches(lambda x: fj.sigmoid_focal(x, t, reduction=reduction, alpha=alpha, gamma=gamma, backend=NEW),
+    assert_matches(lambda x: fj.sigmoid_focal(x, t, reduction=reduction, alpha=alpha, gamma=gamma),
                    lambda x: reduce(optax.losses.sigmoid_focal_loss(x, t, alpha=alpha if alpha >= 0 else None,
                                                                     gamma=gamma), reduction),
                    x, reduction, dtype)
@@ -297,7 +293,7 @@ def test_cosine_similarity(dtype, shape, reduction):
         x[(0,) * (len(shape) - 1)] = 0.0
         t[(1,) + (0,) * (len(shape) - 2)] = 0.0
     t = jnp.asarray(t)
-    assert_matches(lambda x: fj.cosine_similarity(x, t, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: fj.cosine_similarity(x, t, reduction=reduction),
                    lambda x: reduce(-optax.losses.cosine_similarity(x, t, epsilon=1e-12), reduction),
                    x, reduction, dtype)
 
@@ -305,10 +301,10 @@ def test_cosine_similarity(dtype, shape, reduction):
 def test_cosine_similarity_vmap_and_trace_time_errors():
     x = jnp.asarray(logits((3, 6, 5), np.float32))
     t = jnp.asarray(logits((6, 5), np.float32, 1))
-    batched = jax.jit(jax.vmap(lambda x: fj.cosine_similarity(x, t, backend=NEW)))(x)
+    batched = jax.jit(jax.vmap(lambda x: fj.cosine_similarity(x, t)))(x)
     expected = -optax.losses.cosine_similarity(x, jnp.broadcast_to(t, x.shape), epsilon=1e-12).mean(-1)
     np.testing.assert_allclose(batched, expected, rtol=2e-5, atol=1e-7)
-    g = jax.grad(lambda x: jax.vmap(lambda x: fj.cosine_similarity(x, t, backend=NEW))(x).sum())(x)
+    g = jax.grad(lambda x: jax.vmap(lambda x: fj.cosine_similarity(x, t))(x).sum())(x)
     g_expected = jax.grad(lambda x: -optax.losses.cosine_similarity(x, jnp.broadcast_to(t, x.shape),
                                                                      epsilon=1e-12).mean(-1).sum())(x)
     np.testing.assert_allclose(g, g_expected, rtol=2e-5, atol=1e-7)
@@ -324,7 +320,7 @@ def test_no_gradient_to_float_targets_of_new_losses():
     x, t = logits((6, 5), np.float32), jnp.asarray(logits((6, 5), np.float32, 1))
     for name in NEW_LOSSES:
         gx, gt = jax.grad(lambda x, t: getattr(fj, name)(jnp.abs(x) if name != "cosine_similarity" else x,
-                                                         jnp.abs(t), backend=NEW), argnums=(0, 1))(x, t)
+                                                         jnp.abs(t)), argnums=(0, 1))(x, t)
         assert np.all(np.asarray(gt) == 0) and np.any(np.asarray(gx) != 0), name
 
 

@@ -14,10 +14,6 @@ import fastloss.torch as ft  # noqa: E402
 
 REDUCTIONS = ("mean", "sum", "none")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
-# smooth_l1, log_cosh, msle, poisson_nll, sigmoid_focal and cosine_similarity are tested on the NumPy
-# backend here (their compiled kernels land separately); test_new_losses_on_every_cpu_backend runs
-# them on each CPU backend
-NEW = "numpy"
 
 
 def gen(seed):
@@ -248,15 +244,15 @@ def _gradcheck_cases():
         "l1": (lambda x, r: ft.l1_loss(x, t, reduction=r), x),
         "kl_div": (lambda x, r: ft.kl_div(torch.log_softmax(x, 1), probs, reduction=r), x),
         "kl_div_log_target": (lambda x, r: ft.kl_div(x, probs.log(), log_target=True, reduction=r), x),
-        "smooth_l1": (lambda x, r: ft.smooth_l1_loss(x, t, beta=0.6, reduction=r, backend=NEW), x),
-        "log_cosh": (lambda x, r: ft.log_cosh_loss(x, t, reduction=r, backend=NEW), x),
-        "msle": (lambda x, r: ft.msle_loss(x, t.abs(), reduction=r, backend=NEW), x.abs() + 0.1),
-        "poisson_nll": (lambda x, r: ft.poisson_nll_loss(x, counts, full=True, reduction=r, backend=NEW), x),
-        "poisson_nll_rates": (lambda x, r: ft.poisson_nll_loss(x, counts, False, eps=1e-3, reduction=r,
-                                                               backend=NEW), x.abs() + 0.1),
-        "sigmoid_focal": (lambda x, r: ft.sigmoid_focal_loss(x, probs, 0.6, 1.5, r, backend=NEW), x),
-        "cosine_similarity": (lambda x, r: ft.cosine_similarity_loss(x, t, reduction=r, backend=NEW), x),
-        "cosine_similarity_3d": (lambda x, r: ft.cosine_similarity_loss(x, t.T[None], reduction=r, backend=NEW),
+        "smooth_l1": (lambda x, r: ft.smooth_l1_loss(x, t, beta=0.6, reduction=r), x),
+        "log_cosh": (lambda x, r: ft.log_cosh_loss(x, t, reduction=r), x),
+        "msle": (lambda x, r: ft.msle_loss(x, t.abs(), reduction=r), x.abs() + 0.1),
+        "poisson_nll": (lambda x, r: ft.poisson_nll_loss(x, counts, full=True, reduction=r), x),
+        "poisson_nll_rates": (lambda x, r: ft.poisson_nll_loss(x, counts, False, eps=1e-3, reduction=r),
+                              x.abs() + 0.1),
+        "sigmoid_focal": (lambda x, r: ft.sigmoid_focal_loss(x, probs, 0.6, 1.5, r), x),
+        "cosine_similarity": (lambda x, r: ft.cosine_similarity_loss(x, t, reduction=r), x),
+        "cosine_similarity_3d": (lambda x, r: ft.cosine_similarity_loss(x, t.T[None], reduction=r),
                                  x.T[None]),
     }
 
@@ -474,7 +470,7 @@ def reduce(item, reduction):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_smooth_l1_matches_F(beta, dtype, reduction):
     x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
-    assert_matches(lambda x: ft.smooth_l1_loss(x, t, reduction=reduction, beta=beta, backend=NEW),
+    assert_matches(lambda x: ft.smooth_l1_loss(x, t, reduction=reduction, beta=beta),
                    lambda x: F.smooth_l1_loss(x, t, reduction=reduction, beta=beta), x, reduction, dtype)
 
 
@@ -491,7 +487,7 @@ def test_poisson_nll_matches_F(case, dtype, reduction):
     log_input = case.get("log_input", True)
     x = randn(shape, dtype, 0, scale=1.0) if log_input else torch.rand(shape, generator=gen(0), dtype=dtype) * 4 + 0.05
     full, eps = case.get("full", False), case.get("eps", 1e-8)
-    assert_matches(lambda x: ft.poisson_nll_loss(x, t, log_input, full, eps=eps, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: ft.poisson_nll_loss(x, t, log_input, full, eps=eps, reduction=reduction),
                    lambda x: F.poisson_nll_loss(x, t, log_input, full, eps=eps, reduction=reduction),
                    x, reduction, dtype)
 
@@ -522,18 +518,17 @@ def test_sigmoid_focal_matches_torchvision(case, dtype, reduction):
     if case.get("binary"):
         t = (t < 0.3).to(dtype)  # detection's 0/1 labels
     opts = {k: v for k, v in case.items() if k != "binary"}
-    assert_matches(lambda x: ft.sigmoid_focal_loss(x, t, reduction=reduction, backend=NEW, **opts),
+    assert_matches(lambda x: ft.sigmoid_focal_loss(x, t, reduction=reduction, **opts),
                    lambda x: torchvision_sigmoid_focal_loss(x, t, reduction=reduction, **opts), x, reduction, dtype)
 
 
 def test_sigmoid_focal_takes_torchvisions_arguments():
     x, t = randn((4, 3), torch.float64, 0), torch.rand(4, 3, generator=gen(1), dtype=torch.float64)
-    loss = ft.sigmoid_focal_loss(x, t, backend=NEW)  # reduction "none" by default, as torchvision's
+    loss = ft.sigmoid_focal_loss(x, t)  # reduction "none" by default, as torchvision's
     torch.testing.assert_close(loss, torchvision_sigmoid_focal_loss(x, t))
-    torch.testing.assert_close(ft.sigmoid_focal_loss(x, t, 0.5, 1, "sum", backend=NEW),
+    torch.testing.assert_close(ft.sigmoid_focal_loss(x, t, 0.5, 1, "sum"),
                                torchvision_sigmoid_focal_loss(x, t, 0.5, 1, "sum"))
-    torch.testing.assert_close(ft.sigmoid_focal_loss(inputs=x, targets=t, alpha=0.1, gamma=3, reduction="mean",
-                                                     backend=NEW),
+    torch.testing.assert_close(ft.sigmoid_focal_loss(inputs=x, targets=t, alpha=0.1, gamma=3, reduction="mean"),
                                torchvision_sigmoid_focal_loss(x, t, 0.1, 3, "mean"))
     assert list(inspect.signature(ft.sigmoid_focal_loss).parameters)[:5] == [
         "inputs", "targets", "alpha", "gamma", "reduction"]
@@ -545,14 +540,14 @@ def test_sigmoid_focal_takes_torchvisions_arguments():
 def test_log_cosh_matches_formula(dtype, reduction):
     x, t = randn((4, 3, 2), dtype, 0), randn((4, 3, 2), dtype, 1)
     x.view(-1)[0] = t.view(-1)[0] + 1e-3  # near 0, where log(cosh(d)) ~ d**2/2
-    assert_matches(lambda x: ft.log_cosh_loss(x, t, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: ft.log_cosh_loss(x, t, reduction=reduction),
                    lambda x: reduce(torch.log(torch.cosh(x - t)), reduction), x, reduction, dtype)
 
 
 def test_log_cosh_does_not_overflow():
     x = torch.tensor([1e4, -1e4, 3e38, 0.0], requires_grad=True)
     t = torch.zeros(4)
-    loss = ft.log_cosh_loss(x, t, reduction="none", backend=NEW)
+    loss = ft.log_cosh_loss(x, t, reduction="none")
     log2 = torch.log(torch.tensor(2.0))
     expected = torch.stack([1e4 - log2, 1e4 - log2, torch.tensor(3e38), torch.tensor(0.0)])
     torch.testing.assert_close(loss.detach(), expected)
@@ -572,8 +567,8 @@ def test_msle_matches_keras_formula(dtype, reduction):
     def keras(x):
         return reduce((torch.log1p(x.clamp(min=1e-7)) - torch.log1p(t.clamp(min=1e-7))) ** 2, reduction)
 
-    assert_matches(lambda x: ft.msle_loss(x, t, reduction=reduction, backend=NEW), keras, x, reduction, dtype)
-    _, g = value_and_grad(lambda x: ft.msle_loss(x, t, reduction=reduction, backend=NEW), x, reduction)
+    assert_matches(lambda x: ft.msle_loss(x, t, reduction=reduction), keras, x, reduction, dtype)
+    _, g = value_and_grad(lambda x: ft.msle_loss(x, t, reduction=reduction), x, reduction)
     assert torch.all(g[x < 1e-7] == 0) and torch.all(g[x > 1e-7] != 0)
 
 
@@ -589,9 +584,9 @@ def cosine_by_normalize(x, t, dim):
 def test_cosine_similarity_matches_F(shape, dim, dtype, reduction):
     x, t = randn(shape, dtype, 0), randn(shape, dtype, 1)
     f_dim = dim if len(shape) > 1 else 0  # a 1-D input is one row
-    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim, reduction=reduction),
                    lambda x: reduce(-F.cosine_similarity(x, t, dim=f_dim), reduction), x, reduction, dtype)
-    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim=dim, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, dim=dim, reduction=reduction),
                    lambda x: reduce(cosine_by_normalize(x, t, f_dim), reduction), x, reduction, dtype)
 
 
@@ -603,7 +598,7 @@ def test_cosine_similarity_zero_rows(reduction):
     x[1] = 0.0
     t[3] = 0.0
     x[4] = 1e-9  # squared norm below the clamp
-    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, reduction=reduction, backend=NEW),
+    assert_matches(lambda x: ft.cosine_similarity_loss(x, t, reduction=reduction),
                    lambda x: reduce(cosine_by_normalize(x, t, 1), reduction), x, reduction, d)
 
 
@@ -655,7 +650,7 @@ def test_new_losses_train_under_torch_compile(name):
     torch._dynamo.reset()
     ours_fn, theirs_fn, kind = NEW_LOSS_CALLS[name]
     y = new_loss_targets(kind)
-    ours, w_ours = _train_on(lambda z, y: ours_fn(z, y, NEW), y, compile_=True)
+    ours, w_ours = _train_on(lambda z, y: ours_fn(z, y, "auto"), y, compile_=True)
     theirs, w_theirs = _train_on(theirs_fn, y)
     assert ours[-1] < ours[0]
     torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=1e-5, atol=1e-6)
@@ -674,8 +669,8 @@ def test_new_losses_per_item_grad_output_under_torch_compile(reduction):
     rows, elements = (r, re) if reduction == "none" else (1, 1)
 
     def ours(x):
-        return ((ft.cosine_similarity_loss(x, t, reduction=reduction, backend=NEW) * rows).sum()
-                + (ft.smooth_l1_loss(x, t, reduction=reduction, beta=0.3, backend=NEW) * elements).sum())
+        return ((ft.cosine_similarity_loss(x, t, reduction=reduction) * rows).sum()
+                + (ft.smooth_l1_loss(x, t, reduction=reduction, beta=0.3) * elements).sum())
 
     def theirs(x):
         return ((reduce(-F.cosine_similarity(x, t), reduction) * rows).sum()
@@ -697,7 +692,7 @@ def test_new_ops_opcheck(name):
         x = (x.detach().abs() + 0.1).requires_grad_(True)
     utils = ("test_schema", "test_faketensor", "test_autograd_registration")
     for reduction in ("mean", "none"):
-        args = (x, t, reduction, NEW, *options)
+        args = (x, t, reduction, "auto", *options)
         torch.library.opcheck(getattr(torch.ops.fastloss, name).default, args, test_utils=utils)
         torch.library.opcheck(getattr(torch.ops.fastloss, name + "_forward").default, args, test_utils=utils[:2])
 
@@ -708,18 +703,18 @@ def test_new_modules_match_their_functions():
     counts = torch.poisson(torch.full((6, 5), 2.0, dtype=d), generator=gen(2))
     unit = torch.rand(6, 5, generator=gen(3), dtype=d)
     pairs = [
-        (ft.SmoothL1Loss(reduction="sum", beta=0.4, backend=NEW), torch.nn.SmoothL1Loss(reduction="sum", beta=0.4), t),
-        (ft.PoissonNLLLoss(True, True, backend=NEW), torch.nn.PoissonNLLLoss(True, True), counts),
-        (ft.PoissonNLLLoss(log_input=True, eps=1e-3, reduction="none", backend=NEW),
+        (ft.SmoothL1Loss(reduction="sum", beta=0.4), torch.nn.SmoothL1Loss(reduction="sum", beta=0.4), t),
+        (ft.PoissonNLLLoss(True, True), torch.nn.PoissonNLLLoss(True, True), counts),
+        (ft.PoissonNLLLoss(log_input=True, eps=1e-3, reduction="none"),
          torch.nn.PoissonNLLLoss(eps=1e-3, reduction="none"), counts),
-        (ft.SigmoidFocalLoss(0.3, 1.5, backend=NEW), lambda x, y: torchvision_sigmoid_focal_loss(x, y, 0.3, 1.5), unit),
-        (ft.SigmoidFocalLoss(reduction="mean", backend=NEW),
+        (ft.SigmoidFocalLoss(0.3, 1.5), lambda x, y: torchvision_sigmoid_focal_loss(x, y, 0.3, 1.5), unit),
+        (ft.SigmoidFocalLoss(reduction="mean"),
          lambda x, y: torchvision_sigmoid_focal_loss(x, y).mean(), unit),
-        (ft.LogCoshLoss(backend=NEW), lambda x, y: torch.log(torch.cosh(x - y)).mean(), t),
-        (ft.MSLELoss(reduction="sum", backend=NEW),
+        (ft.LogCoshLoss(), lambda x, y: torch.log(torch.cosh(x - y)).mean(), t),
+        (ft.MSLELoss(reduction="sum"),
          lambda x, y: ((torch.log1p(x.clamp(min=1e-7)) - torch.log1p(y.clamp(min=1e-7))) ** 2).sum(), unit),
-        (ft.CosineSimilarityLoss(backend=NEW), lambda x, y: -F.cosine_similarity(x, y).mean(), t),
-        (ft.CosineSimilarityLoss(0, reduction="none", backend=NEW), lambda x, y: -F.cosine_similarity(x, y, dim=0), t),
+        (ft.CosineSimilarityLoss(), lambda x, y: -F.cosine_similarity(x, y).mean(), t),
+        (ft.CosineSimilarityLoss(0, reduction="none"), lambda x, y: -F.cosine_similarity(x, y, dim=0), t),
     ]
     for ours, theirs, target in pairs:
         reduction = ours.reduction
@@ -737,7 +732,7 @@ def test_new_losses_inplace_grad():
              (lambda z, **k: ft.cosine_similarity_loss(z, t, **k), lambda z: -F.cosine_similarity(z, t).mean())]
     for ours, theirs in pairs:
         lin.zero_grad()
-        ours(lin(h), inplace_grad=True, backend=NEW).backward()
+        ours(lin(h), inplace_grad=True).backward()
         got = lin.weight.grad.clone()
         lin.zero_grad()
         theirs(lin(h)).backward()
@@ -750,7 +745,7 @@ def test_new_losses_half_precision_inputs(name, dtype):
     ours_fn, theirs_fn, kind = NEW_LOSS_CALLS[name]
     x = randn((8, 10), torch.float32, 0, scale=1.0)
     y = new_loss_targets(kind, (8, 10))
-    lo, go = value_and_grad(lambda x: ours_fn(x, y, NEW), x.to(dtype), "mean")
+    lo, go = value_and_grad(lambda x: ours_fn(x, y, "auto"), x.to(dtype), "mean")
     lt, gt = value_and_grad(lambda x: theirs_fn(x, y), x.to(dtype).float(), "mean")
     assert lo.dtype == go.dtype == dtype
     torch.testing.assert_close(lo.float(), lt, rtol=1e-2, atol=1e-2)
@@ -760,17 +755,17 @@ def test_new_losses_half_precision_inputs(name, dtype):
 def test_new_losses_errors():
     x, t = randn((4, 5), torch.float64, 0), randn((4, 5), torch.float64, 1)
     with pytest.raises(ValueError, match="dim=2 is out of range"):
-        ft.cosine_similarity_loss(x, t, dim=2, backend=NEW)
+        ft.cosine_similarity_loss(x, t, dim=2)
     with pytest.raises(ValueError, match="reduction"):
-        ft.sigmoid_focal_loss(x, t.sigmoid(), reduction="batchmean", backend=NEW)
+        ft.sigmoid_focal_loss(x, t.sigmoid(), reduction="batchmean")
     with pytest.raises(ValueError, match="beta"):
-        ft.smooth_l1_loss(x, t, beta=-1.0, backend=NEW)
+        ft.smooth_l1_loss(x, t, beta=-1.0)
     with pytest.raises(ValueError, match="gamma"):
-        ft.sigmoid_focal_loss(x, t.sigmoid(), gamma=-1, backend=NEW)
+        ft.sigmoid_focal_loss(x, t.sigmoid(), gamma=-1)
     with pytest.raises(ValueError, match="shape"):
-        ft.cosine_similarity_loss(x, t[:, :3], backend=NEW)
+        ft.cosine_similarity_loss(x, t[:, :3])
     with pytest.raises(ValueError, match="target requires grad"):
-        ft.msle_loss(x, t.requires_grad_(True), backend=NEW)
+        ft.msle_loss(x, t.requires_grad_(True))
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
