@@ -122,8 +122,9 @@ def test_kl_div_batchmean_and_sum_on_device(name):
 @pytest.mark.parametrize("name,case", [("softmax_xent", OPTION_CASES["softmax_xent"][3]),
                                        ("softmax_xent", OPTION_CASES["softmax_xent"][-1]),
                                        ("multiclass_hinge", OPTION_CASES["multiclass_hinge"][1]),
-                                       ("multiclass_hinge", OPTION_CASES["multiclass_hinge"][3])],
-                         ids=["xent-labels", "xent-probs", "ww", "cs"])
+                                       ("multiclass_hinge", OPTION_CASES["multiclass_hinge"][3]),
+                                       ("cosine_similarity", {})],
+                         ids=["xent-labels", "xent-probs", "ww", "cs", "cosine"])
 def test_row_geometries(name, case, n_classes):
     seed, rng = seeded_rng()
     for n_rows in (1, 17):
@@ -185,8 +186,8 @@ def test_device_out_overlapping_the_input_raises():
 @pytest.mark.parametrize("name,case", [("softmax_xent", OPTION_CASES["softmax_xent"][3]),
                                        ("softmax_xent", OPTION_CASES["softmax_xent"][-1]),
                                        ("multiclass_hinge", {}), ("sigmoid_bce", OPTION_CASES["sigmoid_bce"][-1]),
-                                       ("huber", {})],
-                         ids=["xent-labels", "xent-probs", "mc-hinge", "bce", "huber"])
+                                       ("huber", {}), ("cosine_similarity", {})],
+                         ids=["xent-labels", "xent-probs", "mc-hinge", "bce", "huber", "cosine"])
 def test_deterministic_repeats(name, case):
     """Bitwise equal loss and gradient on every repeat, on the device and through NumPy."""
     seed, rng = seeded_rng()
@@ -374,6 +375,7 @@ for f in (T.float32, T.float64):
     kernels = [(m.softmax_xent_kernel, (a2, i1, a1, i, d, d, a2, d, d1, i, d1, a1, d1, i)),
                (m.softmax_xent_probs_kernel, (a2, a2, a1, d, d, a2, d, d1, i, d1, a1, d1, i)),
                (m.multiclass_hinge_kernel, (a2, i1, a1, d, b, b, a2, d, d1, i, d1, a1, d1, i)),
+               (m.cosine_similarity_kernel, (a2, a2, a2, d, d1, i, d1, a1, d1, i)),
                (m.sigmoid_bce_kernel, (a1, a1, a1, a1, a1, d, d1, i, a1, d1)),
                (m.finish_kernel, (d1, d1, d, a1)),
                (m.label_weight_kernel, (i1, i, i, a1, d1))]

@@ -11,6 +11,9 @@ Conventions
       The gradient written is d(row loss)/dx times ``gscale``. They return the row loss (float64).
     * Item helpers (elementwise losses) return ``(loss, dloss/dx)`` as float64.
     * Nothing here raises; NaN in gives NaN out. Sub-gradients at kinks follow PyTorch.
+    * The math in x's precision, vectorisable for float32 (``fexp``, ``flog``, ``ftanh``,
+      ``fpow``, and ``_exp_nonpos``, ``_log1p_unit`` on their ranges), is also the CPU's kit for
+      the item formulas written once with the CUDA backend's (``_items.with_math``).
 """
 
 import math
@@ -37,6 +40,14 @@ __all__ = [
     "mse_item",
     "mae_item",
     "kl_div_item",
+    "smooth_l1_item",
+    "log_cosh_item",
+    "msle_item",
+    "poisson_nll_item",
+    "sigmoid_focal_item",
+    "cosine_similarity_row",
+    "ftanh",
+    "fpow",
 ]
 
 _F32 = np.float32
@@ -239,8 +250,8 @@ def _logf32_core(x, eoff):
 
 @njit(inline=_INLINE)
 def _log1pf32_unit(x):
-    """log(1 + x) for float32 x in [0, 1] or NaN, without forming 1 + x: f = x (exact), or
-    (x - 1) / 2 with one ln2 above sqrt(2) - 1."""
+    """log(1 + x) for float32 x in [sqrt(1/2) - 1, 1] or NaN, without forming 1 + x: f = x
+    (exact), or (x - 1) / 2 with one ln2 above sqrt(2) - 1."""
     big = x > _SQRT2M1
     return _logf32_poly((x - _ONE) * _HALF if big else x, _ONE if big else _ZERO)
 
@@ -274,7 +285,7 @@ def _log1p_unit(x):
 
 @overload(_log1p_unit)
 def _ol_log1p_unit(x):
-    """log(1 + x) for x in [0, 1] or NaN (vectorisable for float32)."""
+    """log(1 + x) for x in [sqrt(1/2) - 1, 1] or NaN (vectorisable for float32)."""
     if x == types.float32:
         return lambda x: _log1pf32_unit(x)
     return lambda x: math.log1p(x)
@@ -290,6 +301,51 @@ def _ol_like(v, a):
     if (a.dtype if isinstance(a, types.Array) else a) == types.float32:
         return lambda v, a: np.float32(v)
     return lambda v, a: np.float64(v)
+
+
+_T0 = _F32(-5.70498872745e-3)
+_T1 = _F32(2.06390887954e-2)
+_T2 = _F32(-5.37397155531e-2)
+_T3 = _F32(1.33314422036e-1)
+_T4 = _F32(-3.33332819422e-1)
+_TANH_SMALL = _F32(0.625)
+
+
+@njit(inline=_INLINE)
+def _tanhf32(x):
+    """tanh for float32 (Cephes tanhf), branch-free: x + x z P(z), z = x**2, below |x| = 0.625;
+    (1 - e) / (1 + e) with e = exp(-2|x|) above, signed. About 2 ulp; tanh(+-inf) = +-1."""
+    a = abs(x)
+    e = _expf32_nonpos(-(a + a))
+    big = (_ONE - e) / (_ONE + e)
+    z = x * x
+    small = _fma(_fma(_fma(_fma(_fma(_T0, z, _T1), z, _T2), z, _T3), z, _T4) * z, x, x)
+    big = -big if x < _ZERO else big
+    return small if a < _TANH_SMALL else big  # NaN: big, NaN
+
+
+def ftanh(x):
+    """tanh(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
+    return math.tanh(x)
+
+
+@overload(ftanh)
+def _ol_ftanh(x):
+    if x == types.float32:
+        return lambda x: _tanhf32(x)
+    return lambda x: math.tanh(x)
+
+
+@njit(inline=_INLINE)
+def fpow(m, g):
+    """m**g for m >= 0 (or NaN) and a float g >= 0, in m's precision (usable from @njit code):
+    exp(g log(m)) (vectorisable for float32), m m for g = 2, 1 for g = 0 (also 0**0 and NaN**0,
+    as C's pow). (Inlined into the item: an overload's function would stay a call, and a call
+    stops the vectoriser.)"""
+    gg = _like(g, m)
+    r = fexp(gg * flog(m))
+    r = m * m if gg == 2.0 else r
+    return _like(1.0, m) if gg == 0.0 else r
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,6 +573,70 @@ def row_max(x):
 
 
 _CHUNK = 512  # float32 partial sums of at most this many terms, then added in float64
+
+
+@intrinsic
+def _dots3(typingctx, x, t, j0, j1):
+    """(sum x_j**2, sum t_j**2, sum x_j t_j) over j0 <= j < j1, in float64 (float32 products
+    are exact there) over 16 fixed lanes, as explicit LLVM vectors: lane k takes the items
+    j0 + k, j0 + k + 16, ... (fused multiply-adds), the lanes are then added in a fixed halving
+    tree and the last (j1 - j0) % 16 items in order. The order depends on j0, j1 only."""
+    if not (isinstance(x, types.Array) and isinstance(t, types.Array) and x.ndim == t.ndim == 1
+            and x.layout == t.layout == "C" and x.dtype == t.dtype and isinstance(x.dtype, types.Float)):
+        return None
+    sig = types.UniTuple(types.float64, 3)(x, t, j0, j1)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        arrays = [context.make_array(aryty)(context, builder, a) for a in args[:2]]
+        lo = context.cast(builder, args[2], signature.args[2], types.intp)
+        hi = context.cast(builder, args[3], signature.args[3], types.intp)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        et, f64 = context.get_data_type(aryty.dtype), ir.DoubleType()
+        lanes = 16
+        vin, vd = ir.VectorType(et, lanes), ir.VectorType(f64, lanes)
+        align = aryty.dtype.bitwidth // 8
+        vfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vd, [vd, vd, vd]), "llvm.fma.v16f64")
+        sfma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f64, [f64, f64, f64]), "llvm.fma.f64")
+
+        def load(ary, j, ty):
+            ptr = builder.gep(ary.data, [j])
+            if ty is not et:
+                ptr = builder.bitcast(ptr, ty.as_pointer())
+            v = builder.load(ptr, align=align)
+            if et != f64:
+                v = builder.fpext(v, vd if ty is vin else f64)
+            return v
+
+        accs = [cgutils.alloca_once(builder, vd) for _ in range(3)]
+        for acc in accs:
+            builder.store(cgutils.get_null_value(vd), acc)
+        nvec = builder.add(lo, builder.mul(builder.sdiv(builder.sub(hi, lo), ir.Constant(i64, lanes)),
+                                           ir.Constant(i64, lanes)))
+        with cgutils.for_range_slice(builder, lo, nvec, ir.Constant(i64, lanes), intp=i64) as (j, _):
+            xv, tv = load(arrays[0], j, vin), load(arrays[1], j, vin)
+            for acc, (a, b) in zip(accs, ((xv, xv), (tv, tv), (xv, tv))):
+                builder.store(builder.call(vfma, [a, b, builder.load(acc)]), acc)
+        sums = []
+        for acc in accs:
+            v = builder.load(acc)
+            width = lanes
+            while width > 1:  # lanes k and k + width/2 added, for every k < width/2
+                width //= 2
+                mask = ir.VectorType(i32, width)
+                low = ir.Constant(mask, [ir.Constant(i32, k) for k in range(width)])
+                high = ir.Constant(mask, [ir.Constant(i32, k + width) for k in range(width)])
+                v = builder.fadd(builder.shuffle_vector(v, v, low), builder.shuffle_vector(v, v, high))
+            s = cgutils.alloca_once(builder, f64)
+            builder.store(builder.extract_element(v, ir.Constant(i32, 0)), s)
+            sums.append(s)
+        with cgutils.for_range_slice(builder, nvec, hi, ir.Constant(i64, 1), intp=i64) as (j, _):
+            xs, ts = load(arrays[0], j, et), load(arrays[1], j, et)
+            for s, (a, b) in zip(sums, ((xs, xs), (ts, ts), (xs, ts))):
+                builder.store(builder.call(sfma, [a, b, builder.load(s)]), s)
+        return context.make_tuple(builder, signature.return_type, [builder.load(s) for s in sums])
+
+    return sig, codegen
 
 
 @njit(**_HELPER)
@@ -916,3 +1036,83 @@ def kl_div_item(x, t, log_target):
     log_target; gradient -t or -exp(t)."""
     loss, d = _kl_div_x(x, _like(t, x), log_target)
     return np.float64(loss), np.float64(d)
+
+
+# --------------------------------------------------------------------------------------------
+# The newer losses, written once with the CUDA backend's (_items): the kernels' (x, t, p0, p1)
+# items in x's precision (vectorisable for float32: the math above), and the public ones
+# --------------------------------------------------------------------------------------------
+
+smooth_l14, log_cosh4, msle4, poisson_nll4, sigmoid_focal4 = (
+    njit(inline=_INLINE, **_HELPER)(f) for f in _items.with_math(fexp, _exp_nonpos, flog, _log1p_unit, ftanh, fpow, _like))
+_cosine_similarity3 = njit(inline=_INLINE, **_HELPER)(_items.cosine_similarity)
+_cosine_similarity_grad = njit(inline=_INLINE, **_HELPER)(_items.cosine_similarity_grad)
+
+
+@njit(**_HELPER)
+def smooth_l1_item(x, t, beta):
+    """0.5 d**2 / beta if |d| < beta else |d| - beta/2, d = x - t (beta = 0: |d|); gradient
+    d / beta or sign(d), sign(0) = 0."""
+    loss, d = smooth_l14(x, _like(t, x), beta, 0.0)
+    return np.float64(loss), np.float64(d)
+
+
+@njit(inline=_INLINE, **_HELPER)
+def log_cosh_item(x, t):
+    """log(cosh(x - t)), stable for any difference; gradient tanh(x - t)."""
+    loss, d = log_cosh4(x, _like(t, x), 0.0, 0.0)
+    return np.float64(loss), np.float64(d)
+
+
+@njit(inline=_INLINE, **_HELPER)
+def msle_item(x, t):
+    """(log1p(max(x, 1e-7)) - log1p(max(t, 1e-7)))**2; gradient 2 d / (1 + x), 0 where x < 1e-7."""
+    loss, d = msle4(x, _like(t, x), 0.0, 0.0)
+    return np.float64(loss), np.float64(d)
+
+
+@njit(inline=_INLINE, **_HELPER)
+def poisson_nll_item(x, t, log_input, full, eps):
+    """exp(x) - t x (log_input), else x - t log(x + eps); ``full`` adds Stirling's
+    t log(t) - t + log(2 pi t) / 2 where t > 1 (no gradient)."""
+    loss, d = poisson_nll4(x, _like(t, x), eps, (1 if log_input else 0) + (2 if full else 0))
+    return np.float64(loss), np.float64(d)
+
+
+@njit(inline=_INLINE, **_HELPER)
+def sigmoid_focal_item(x, t, alpha, gamma):
+    """torchvision's sigmoid_focal_loss of one logit: alpha_t (1 - p_t)**gamma bce(x, t)
+    (alpha_t = 1 when alpha < 0), stable for any x."""
+    loss, d = sigmoid_focal4(x, _like(t, x), alpha, gamma)
+    return np.float64(loss), np.float64(d)
+
+
+@njit(**_HELPER)
+def _cosine_grad_into(src, t, g, nn, coef, gscale):
+    """g_j = gscale (-t_j / nn - coef src_j) in float64, rounded once (src may be g)."""
+    for jj in range(g.shape[0]):
+        j = np.uint64(jj)
+        g[j] = _like(_cosine_similarity_grad(src[j], t[j], nn, coef) * gscale, g)
+
+
+@njit(**_HELPER)
+def _cosine_similarity_row(x, t, g, gscale):
+    """cosine_similarity_row of contiguous rows."""
+    sx, st, s = _dots3(x, t, 0, x.shape[0])
+    loss, nn, coef = _cosine_similarity3(sx, st, s)
+    if g.shape[0] > 0:
+        if g.ctypes.data == x.ctypes.data:  # one array: LLVM's overlap check would pick the scalar loop
+            _cosine_grad_into(g, t, g, nn, coef, gscale)
+        else:
+            _cosine_grad_into(x, t, g, nn, coef, gscale)
+    return loss
+
+
+@njit(**_HELPER)
+def cosine_similarity_row(x, t, g, gscale):
+    """Cosine-similarity loss of one row ``x`` (C,) with target row ``t`` (C,) (Keras'
+    CosineSimilarity): -sum_c x_c t_c / (|x| |t|), each norm at least 1e-6 (sqrt of Keras'
+    1e-12 on the squared norm). Sums in float64; when ``g`` is non-empty, writes gscale *
+    [-t_c / (|x| |t|) + loss x_c / sum x**2] into it (only the first term where sum x**2 <=
+    1e-12; ``g`` may be ``x``)."""
+    return _cosine_similarity_row(_contig(x), _contig(t), g, gscale)

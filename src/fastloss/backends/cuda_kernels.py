@@ -1,15 +1,17 @@
 """The CUDA kernels of the ``cuda`` backend (the same formulas as ``fastloss.reference`` and the
 CPU backends), and the launch geometry they are written for.
 
-* Row losses (``softmax_xent`` with class indices or probabilities, ``multiclass_hinge``): a
-  *segment* of ``width`` threads per row (``width`` a power of two fixed by C alone: the next
-  power of two of C up to a warp for small C, a warp per row up to C = 2048, the whole block
-  above), ``TPB // width`` rows per block, blocks striding over the row groups. Softmax rows
+* Row losses (``softmax_xent`` with class indices or probabilities, ``multiclass_hinge``,
+  ``cosine_similarity``): a *segment* of ``width`` threads per row (``width`` a power of two
+  fixed by C alone: the next power of two of C up to a warp for small C, a warp per row up to
+  C = 2048, the whole block above), ``TPB // width`` rows per block, blocks striding over the
+  row groups. Softmax rows
   are read once for the maximum and the sum of exponentials together (online softmax: each
   thread keeps ``(m, s)`` and rescales ``s`` when ``m`` grows; the segment merges the pairs in a
   shared-memory tree) and the gradient is written in the same launch, each thread writing only
   the entries it read itself and only after the segment's barrier, so ``out=x`` is safe.
-* Elementwise losses: grid-stride loops, one item function per loss (``@cuda.jit(device=True)``).
+* Elementwise losses: grid-stride loops, one item function per loss (``@cuda.jit(device=True)``);
+  the arithmetic ones and the newer ones are written once with the CPU backend's (``_items``).
 * All arithmetic is float64 inside the kernels (float32 inputs are widened on load); gradients
   are stored in the input dtype.
 * A class label outside ``[0, C)`` that is not ``ignore_index`` is never used as an index: that
@@ -66,9 +68,9 @@ _BLOCK_PER_ROW_FROM = 2048  # C above this: the whole block works on one row
 
 # The simulator runs kernels as Python: math.exp overflow and 1/0 raise there, NumPy's do not.
 if SIM:
-    _exp, _log, _log1p = np.exp, np.log, np.log1p
+    _exp, _log, _log1p, _tanh = np.exp, np.log, np.log1p, np.tanh
 else:
-    _exp, _log, _log1p = math.exp, math.log, math.log1p
+    _exp, _log, _log1p, _tanh = math.exp, math.log, math.log1p, math.tanh
 _INF = math.inf
 _NAN = math.nan
 
@@ -580,6 +582,23 @@ def _kl_div_item(x, t, log_target, unused):
 
 
 @cuda.jit(device=True)
+def _f64(v, x):
+    """The kit's ``like``: every constant in float64, as all arithmetic here."""
+    return np.float64(v)
+
+
+@cuda.jit(device=True)
+def _pow(m, g):
+    return m ** g
+
+
+# the newer items, written once with the CPU backend's (_items.with_math), over float64 libm
+(_smooth_l1_item, _log_cosh_item, _msle_item, _poisson_nll_item,
+ _sigmoid_focal_item) = (cuda.jit(device=True)(f) for f in _items.with_math(
+     _exp, _exp, _log, _log1p, _tanh, _pow, _f64))
+
+
+@cuda.jit(device=True)
 def _same_params(p0, p1, i):
     """The item function's two float parameters, the same for every item."""
     return p0, p1
@@ -624,4 +643,61 @@ ELEMENTWISE = {
     "mse": _make_elementwise(_mse_item),
     "mae": _make_elementwise(_mae_item),
     "kl_div": _make_elementwise(_kl_div_item),
+    "smooth_l1": _make_elementwise(_smooth_l1_item),
+    "log_cosh": _make_elementwise(_log_cosh_item),
+    "msle": _make_elementwise(_msle_item),
+    "poisson_nll": _make_elementwise(_poisson_nll_item),  # p0: eps, p1: log_input + 2 full
+    "sigmoid_focal": _make_elementwise(_sigmoid_focal_item),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# cosine_similarity: a row loss with float targets; the row's three sums in one segment reduction
+# ---------------------------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _merge_sums3(sm_a, sm_b, sm_c, unused_d, i, k):
+    """Slot k into slot i: a, b and c summed (d is not used)."""
+    sm_a[i] += sm_a[k]
+    sm_b[i] += sm_b[k]
+    sm_c[i] += sm_c[k]
+
+
+_seg_sums3 = _make_seg_reduce(_merge_sums3)
+# written once with the CPU's
+_cosine_similarity_row = cuda.jit(device=True)(_items.cosine_similarity)
+_cosine_similarity_grad = cuda.jit(device=True)(_items.cosine_similarity_grad)
+
+
+@cuda.jit
+def cosine_similarity_kernel(x, t, g, gscale, gscale_arr, gs_stride, den, loss_out, partials, width):
+    sm = cuda.shared.array((4, TPB), np.float64)  # per thread: sum x**2, sum t**2, sum x t
+    lane = cuda.threadIdx.x % width
+    c = x.shape[1]
+    write_g = g.shape[0] > 0
+    acc = np.float64(0.0)
+    for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
+        row = _row_of(grp, width)
+        active = row < x.shape[0]
+        sx = np.float64(0.0)
+        st = np.float64(0.0)
+        s = np.float64(0.0)
+        if active:
+            for j in range(lane, c, width):
+                xj = np.float64(x[row, j])
+                tj = np.float64(t[row, j])
+                sx += xj * xj
+                st += tj * tj
+                s += xj * tj
+        sx, st, s, _ = _seg_sums3(sm[0], sm[1], sm[2], sm[3], sx, st, s, np.float64(0.0), width)
+        if active:
+            loss, nn, coef = _cosine_similarity_row(sx, st, s)
+            if lane == 0:
+                acc = _add_row_loss(loss_out, row, loss, acc)
+            if write_g:
+                gs = _item_scale(gscale, gscale_arr, gs_stride, row, den)
+                for j in range(lane, c, width):  # the entries this lane read: out=x is safe
+                    g[row, j] = _cosine_similarity_grad(x[row, j], t[row, j], nn, coef) * gs
+        cuda.syncthreads()  # the segment's leader slots are rewritten by the next group
+    _block_partial(sm[0], acc, partials)

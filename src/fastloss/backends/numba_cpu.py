@@ -690,6 +690,84 @@ def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads)
                         loss_out, n_threads)
 
 
+def _with_p1(item, p1):
+    """``item`` with its second parameter fixed at compile time (a branch on it folds away and
+    the loop vectorises): the kernels' variants of poisson_nll's mode and gamma = 2."""
+
+    @njit(inline="always")
+    def fixed(x, t, p0, unused):
+        return item(x, t, p0, p1)
+
+    return fixed
+
+
+_smooth_l1_k = _make_elementwise(fm.smooth_l14, native=True)
+_log_cosh_k = _make_elementwise(fm.log_cosh4, native=True)
+_msle_k = _make_elementwise(fm.msle4, native=True)
+# mode = log_input + 2 full; compiled on first use each
+_poisson_nll_k = {mode: _make_elementwise(_with_p1(fm.poisson_nll4, mode), native=True) for mode in range(4)}
+# gamma == 2 (the default): (1 - p_t)**2 a product; other gammas exp(gamma log(1 - p_t))
+_sigmoid_focal_k = {True: _make_elementwise(_with_p1(fm.sigmoid_focal4, 2.0), native=True),
+                    False: _make_elementwise(fm.sigmoid_focal4, native=True)}
+
+
+def _poisson_mode(log_input, full):
+    return int(bool(log_input)) + 2 * int(bool(full))
+
+
+def smooth_l1(x, target, beta, grad, gscale, gscale_arr, loss_out, n_threads):
+    return _elementwise(_smooth_l1_k, x, target, float(beta), False, grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def log_cosh(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    return _elementwise(_log_cosh_k, x, target, 0.0, False, grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def msle(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    return _elementwise(_msle_k, x, target, 0.0, False, grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def poisson_nll(x, target, log_input, full, eps, grad, gscale, gscale_arr, loss_out, n_threads):
+    return _elementwise(_poisson_nll_k[_poisson_mode(log_input, full)], x, target, float(eps), False,
+                        grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+def sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n_threads):
+    return _elementwise(_sigmoid_focal_k[float(gamma) == 2.0], x, target, float(alpha), float(gamma),
+                        grad, gscale, gscale_arr, loss_out, n_threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# cosine_similarity: a row loss with float targets of x's shape
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def _cosine_similarity_block(x, t, g, gscale, gscale_arr, loss_out, lo, hi):
+    write_g = g.shape[1] > 0
+    has_gscale_arr = gscale_arr.shape[0] > 0
+    has_lo = loss_out.shape[0] > 0
+    acc = 0.0
+    for i in range(lo, hi):
+        gi = g[i] if write_g else g[0]
+        gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
+        loss = fm._cosine_similarity_row(x[i], t[i], gi, gs)
+        if has_lo:
+            loss_out[i] = loss
+        acc += loss
+    return acc
+
+
+_cosine_similarity_s, _cosine_similarity_p = _blocked(_cosine_similarity_block)
+
+
+def cosine_similarity(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
+    k = x.dtype.itemsize
+    return _run(_cosine_similarity_s, _cosine_similarity_p, n_threads, _n_blocks(x.shape[0], 2 * x.shape[1]),
+                _ro(x), _ro(target), _E2[k] if grad is None else grad, float(gscale),
+                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
+
+
 # ---------------------------------------------------------------------------------------------
 # The road's fast step (see fastloss.backends): the common small call checked in Python with a
 # few attribute tests, then one compiled call that checks what needs the data (overlap of out,
@@ -779,7 +857,7 @@ _LABEL_DTYPES = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.
 _ENTRIES = {"loss": 0, "grad": 1, "loss_and_grad": 2}
 _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}
 _INT64_MAX = np.iinfo(np.int64).max
-_ROW_LOSSES = frozenset(("softmax_xent", "multiclass_hinge"))
+_ROW_LOSSES = frozenset(("softmax_xent", "multiclass_hinge", "cosine_similarity"))
 _BATCHMEAN = frozenset(("kl_div",))
 
 
@@ -799,6 +877,12 @@ _OPTION_OK = {
     "squared": lambda v: type(v) is bool,
     "log_target": lambda v: type(v) is bool,
     "mode": lambda v: v == "weston_watkins" or v == "crammer_singer",
+    "beta": lambda v: _real(v) and 0.0 <= v < np.inf,
+    "eps": lambda v: _real(v) and 0.0 <= v < np.inf,
+    "gamma": lambda v: _real(v) and 0.0 <= v < np.inf,
+    "alpha": lambda v: _real(v) and abs(v) < np.inf,
+    "log_input": lambda v: type(v) is bool,
+    "full": lambda v: type(v) is bool,
 }
 
 
@@ -851,6 +935,25 @@ def _sigmoid_bce_step(x, t, o):
     return _FAST_SIGMOID_BCE, (w.reshape(-1), pw), ()  # the kernel's items are flat
 
 
+def _cosine_similarity_step(x, t, o):
+    if x.ndim < 2 or not _is_values(t, x):
+        return None
+    return _FAST_COSINE_SIMILARITY, (), ()
+
+
+def _poisson_nll_step(x, t, o):
+    if not _is_values(t, x):
+        return None
+    return _FAST_POISSON_NLL[_poisson_mode(o["log_input"], o["full"])], (float(o["eps"]), False), ()
+
+
+def _sigmoid_focal_step(x, t, o):
+    if not _is_values(t, x):
+        return None
+    gamma = float(o["gamma"])
+    return _FAST_SIGMOID_FOCAL[gamma == 2.0], (float(o["alpha"]), gamma), ()
+
+
 def _elementwise_step(fast, params):
     def step(x, t, o):
         return (fast, params(o), ()) if _is_values(t, x) else None
@@ -865,6 +968,9 @@ _FAST_SOFTMAX_XENT = {lanes: _make_fast(_SOFTMAX_XENT[lanes][0], True, _labels_c
 _FAST_SOFTMAX_XENT_PROBS = _make_fast(_softmax_xent_probs_s, True, _values, 2)
 _FAST_MULTICLASS_HINGE = _make_fast(_multiclass_hinge_s, True, _labels, 1)
 _FAST_SIGMOID_BCE = _make_fast(_sigmoid_bce_s, False, _values, 8)
+_FAST_COSINE_SIMILARITY = _make_fast(_cosine_similarity_s, True, _values, 2)
+_FAST_POISSON_NLL = {mode: _fast_elementwise(k) for mode, k in _poisson_nll_k.items()}
+_FAST_SIGMOID_FOCAL = {two: _fast_elementwise(k) for two, k in _sigmoid_focal_k.items()}
 
 _STEPS = {
     "softmax_xent": _softmax_xent_step,
@@ -875,6 +981,12 @@ _STEPS = {
     "mse": _elementwise_step(_fast_elementwise(_mse_k), lambda o: (0.0, False)),
     "mae": _elementwise_step(_fast_elementwise(_mae_k), lambda o: (0.0, False)),
     "kl_div": _elementwise_step(_fast_elementwise(_kl_div_k), lambda o: (o["log_target"], False)),
+    "smooth_l1": _elementwise_step(_fast_elementwise(_smooth_l1_k), lambda o: (float(o["beta"]), False)),
+    "log_cosh": _elementwise_step(_fast_elementwise(_log_cosh_k), lambda o: (0.0, False)),
+    "msle": _elementwise_step(_fast_elementwise(_msle_k), lambda o: (0.0, False)),
+    "poisson_nll": _poisson_nll_step,
+    "sigmoid_focal": _sigmoid_focal_step,
+    "cosine_similarity": _cosine_similarity_step,
 }
 
 

@@ -61,7 +61,10 @@ _KERNELS = {
     "multiclass_hinge": (k.multiclass_hinge_kernel,
                          lambda w, margin, squared, crammer_singer: (w, _f(margin), squared, crammer_singer)),
     "sigmoid_bce": (k.sigmoid_bce_kernel, lambda w, pos_weight: (w, pos_weight)),
+    "cosine_similarity": (k.cosine_similarity_kernel, lambda: ()),
     **{name: (kernel, _two_floats) for name, kernel in k.ELEMENTWISE.items()},
+    "poisson_nll": (k.ELEMENTWISE["poisson_nll"],
+                    lambda log_input, full, eps: _two_floats(eps, int(bool(log_input)) + 2 * int(bool(full)))),
 }
 
 
