@@ -24,7 +24,7 @@ TWINS = {
     "smooth_l1": lambda x, t, beta=1.0: F.smooth_l1_loss(x, t, reduction="none", beta=beta),
     "poisson_nll": lambda x, t, log_input=True, full=False, eps=1e-8: F.poisson_nll_loss(
         x, t, log_input=log_input, full=full, eps=eps, reduction="none"),
-    "log_cosh": lambda x, t: torch.log(torch.cosh(x - t)),  # Keras LogCosh
+    "log_cosh": lambda x, t: torch.log(torch.cosh(x - t)),  # Keras LogCosh (|d| < 20 here: no overflow)
     "msle": lambda x, t: (torch.log(x.clamp(min=1e-7) + 1) - torch.log(t.clamp(min=1e-7) + 1)) ** 2,  # Keras
     "sigmoid_focal": _focal,
     # Keras CosineSimilarity: l2_normalize clamps the squared norm at 1e-12 (F.normalize's eps is on the norm)

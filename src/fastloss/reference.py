@@ -143,7 +143,11 @@ def _smooth_l1(x, t, beta=1.0):
 def _log_cosh(x, t):
     d = x - t
     a = np.abs(d)
-    return a + np.log1p(np.exp(-2 * a)) - np.log(2.0), np.tanh(d), float(x.size)
+    # cosh(a) = 1 + 2 sinh(a/2)**2: no cancellation near 0; from |d| = 20 on, e^-2|d| is below
+    # float64's roundoff and log(cosh) = |d| - log(2) (no overflow; NaN stays NaN)
+    small = a < 20
+    loss = np.where(small, np.log1p(2 * np.sinh(np.where(small, a, 0) / 2) ** 2), a - np.log(2.0))
+    return loss, np.tanh(d), float(x.size)
 
 
 _MSLE_CLAMP = 1e-7  # Keras' epsilon
