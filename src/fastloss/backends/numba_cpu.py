@@ -385,22 +385,31 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(**_OPTS)
-def _softmax_xent_probs_block(x, t, w, eps, z, g, gscale, gscale_arr, loss_out, lo, hi):
-    write_g = g.shape[1] > 0
-    has_gscale_arr = gscale_arr.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
-    acc = 0.0
-    for i in range(lo, hi):
-        gi = g[i] if write_g else g[0]
-        gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
-        loss = fm.softmax_xent_probs_row(x[i], t[i], w, eps, z, gi, gs)
-        if has_lo:
-            loss_out[i] = loss
-        acc += loss
-    return acc
+def _target_rows_block(row):
+    """The block function of a row loss with float targets of x's shape and up to three
+    parameters: row i's loss is ``row(x[i], t[i], p0, p1, p2, g[i], its gradient scale)``.
+    (Three named parameters rather than a tuple: a parallel kernel cannot take a tuple holding
+    an array.)"""
+
+    @njit(**_OPTS)
+    def block(x, t, p0, p1, p2, g, gscale, gscale_arr, loss_out, lo, hi):
+        write_g = g.shape[1] > 0
+        has_gscale_arr = gscale_arr.shape[0] > 0
+        has_lo = loss_out.shape[0] > 0
+        acc = 0.0
+        for i in range(lo, hi):
+            gi = g[i] if write_g else g[0]
+            gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
+            loss = row(x[i], t[i], p0, p1, p2, gi, gs)
+            if has_lo:
+                loss_out[i] = loss
+            acc += loss
+        return acc
+
+    return block
 
 
+_softmax_xent_probs_block = _target_rows_block(fm.softmax_xent_probs_row)
 _softmax_xent_probs_s, _softmax_xent_probs_p = _blocked(_softmax_xent_probs_block)
 
 
@@ -742,29 +751,19 @@ def sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(**_OPTS)
-def _cosine_similarity_block(x, t, g, gscale, gscale_arr, loss_out, lo, hi):
-    write_g = g.shape[1] > 0
-    has_gscale_arr = gscale_arr.shape[0] > 0
-    has_lo = loss_out.shape[0] > 0
-    acc = 0.0
-    for i in range(lo, hi):
-        gi = g[i] if write_g else g[0]
-        gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
-        loss = fm._cosine_similarity_row(x[i], t[i], gi, gs)
-        if has_lo:
-            loss_out[i] = loss
-        acc += loss
-    return acc
+@njit(inline="always")
+def _cosine_similarity_row3(x, t, unused0, unused1, unused2, g, gscale):
+    return fm._cosine_similarity_row(x, t, g, gscale)
 
 
+_cosine_similarity_block = _target_rows_block(_cosine_similarity_row3)
 _cosine_similarity_s, _cosine_similarity_p = _blocked(_cosine_similarity_block)
 
 
 def cosine_similarity(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
     k = x.dtype.itemsize
     return _run(_cosine_similarity_s, _cosine_similarity_p, n_threads, _n_blocks(x.shape[0], 2 * x.shape[1]),
-                _ro(x), _ro(target), _E2[k] if grad is None else grad, float(gscale),
+                _ro(x), _ro(target), _R1[k], 0.0, 0.0, _E2[k] if grad is None else grad, float(gscale),
                 _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
 
 
@@ -938,7 +937,7 @@ def _sigmoid_bce_step(x, t, o):
 def _cosine_similarity_step(x, t, o):
     if x.ndim < 2 or not _is_values(t, x):
         return None
-    return _FAST_COSINE_SIMILARITY, (), ()
+    return _FAST_COSINE_SIMILARITY, (_R1[x.dtype.itemsize], 0.0, 0.0), ()
 
 
 def _poisson_nll_step(x, t, o):
