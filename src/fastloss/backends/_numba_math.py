@@ -166,27 +166,28 @@ def _expf32_nonpos(x):
     return _ZERO if x < _LO else y
 
 
-def fexp(x):
-    """exp(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
-    return math.exp(x)
+def _by_precision(name, f32, f64, doc):
+    """A function of one float for @njit code: ``f32`` (vectorisable) for float32 arguments,
+    ``f64`` (libm) otherwise; called from Python, ``f64``."""
+
+    def func(x):
+        return f64(x)
+
+    func.__name__ = func.__qualname__ = name
+    func.__doc__ = doc
+
+    @overload(func)
+    def _ol(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        return lambda x: f64(x)
+
+    return func
 
 
-@overload(fexp)
-def _ol_fexp(x):
-    if x == types.float32:
-        return lambda x: _expf32(x)
-    return lambda x: math.exp(x)
-
-
-def _exp_nonpos(x):
-    return math.exp(x)
-
-
-@overload(_exp_nonpos)
-def _ol_exp_nonpos(x):
-    if x == types.float32:
-        return lambda x: _expf32_nonpos(x)
-    return lambda x: math.exp(x)
+fexp = _by_precision("fexp", _expf32, math.exp,
+                     "exp(x) in x's precision; vectorisable for float32 (usable from @njit code).")
+_exp_nonpos = _by_precision("_exp_nonpos", _expf32_nonpos, math.exp, "exp(x) for x <= 0 or NaN.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,28 +268,10 @@ def _logf32(x):
     return x if x != x else r
 
 
-def flog(x):
-    """log(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
-    return math.log(x)
-
-
-@overload(flog)
-def _ol_flog(x):
-    if x == types.float32:
-        return lambda x: _logf32(x)
-    return lambda x: math.log(x)
-
-
-def _log1p_unit(x):
-    return math.log1p(x)
-
-
-@overload(_log1p_unit)
-def _ol_log1p_unit(x):
-    """log(1 + x) for x in [sqrt(1/2) - 1, 1] or NaN (vectorisable for float32)."""
-    if x == types.float32:
-        return lambda x: _log1pf32_unit(x)
-    return lambda x: math.log1p(x)
+flog = _by_precision("flog", _logf32, math.log,
+                     "log(x) in x's precision; vectorisable for float32 (usable from @njit code).")
+_log1p_unit = _by_precision("_log1p_unit", _log1pf32_unit, math.log1p,
+                            "log(1 + x) for x in [sqrt(1/2) - 1, 1] or NaN (vectorisable for float32).")
 
 
 def _like(v, a):
@@ -324,16 +307,8 @@ def _tanhf32(x):
     return small if a < _TANH_SMALL else big  # NaN: big, NaN
 
 
-def ftanh(x):
-    """tanh(x) in x's precision; vectorisable for float32 (usable from @njit code)."""
-    return math.tanh(x)
-
-
-@overload(ftanh)
-def _ol_ftanh(x):
-    if x == types.float32:
-        return lambda x: _tanhf32(x)
-    return lambda x: math.tanh(x)
+ftanh = _by_precision("ftanh", _tanhf32, math.tanh,
+                      "tanh(x) in x's precision; vectorisable for float32 (usable from @njit code).")
 
 
 @njit(inline=_INLINE)
