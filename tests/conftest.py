@@ -8,6 +8,7 @@ import traceback
 
 import numpy as np
 import pytest
+from cases import BACKENDS, backend_or_skip
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
 
@@ -47,3 +48,10 @@ def _cuda_simulator():
         sys.setswitchinterval(5e-4)
     yield
     sys.setswitchinterval(old)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every backend, cuda included (skipped where unavailable, failed where FASTLOSS_REQUIRE
+    names it); a test that wants fewer parametrizes ``backend`` itself."""
+    return backend_or_skip(request.param)

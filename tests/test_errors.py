@@ -20,9 +20,7 @@ def _expect(exc, match, name, entry, x, t, backend, **kwargs):
 
 @pytest.mark.parametrize("entry", ("loss", "grad", "loss_and_grad"))
 @pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.targets in (CLASSES, CLASSES_OR_PROBS)])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_label_names_position_and_value(backend, name, entry):
-    backend_or_skip(backend)
     _, rng = seeded_rng()
     x, t, _ = make_inputs(name, {}, np.float32, rng, (3, 4, 5))
     t[t < 0] = 0  # no ignored label, so that uint64 holds every label
@@ -38,9 +36,7 @@ def test_bad_label_names_position_and_value(backend, name, entry):
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_shape_dtype_option_and_out_errors(backend, name):
-    backend_or_skip(backend)
     spec = SPECS[name]
     _, rng = seeded_rng()
     x, t, _ = make_inputs(name, {}, np.float64, rng, (4, 6))

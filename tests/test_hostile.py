@@ -15,7 +15,7 @@ as ``out``: test_cuda.py.)
 import numpy as np
 import pytest
 
-from cases import BACKENDS, backend_or_skip, call, make_inputs, seeded_rng
+from cases import call, make_inputs, seeded_rng
 from fastloss import reference
 from fastloss._specs import ROWS, SPECS
 
@@ -77,9 +77,7 @@ def _overlapping(kind, x, t, opts, rng):
 
 @pytest.mark.parametrize("kind", OVERLAPS)
 @pytest.mark.parametrize("name,case", LOSS_CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_out_overlapping_an_input_raises_before_writing(backend, name, case, kind):
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     dtype = np.float64 if rng.random() < 0.5 else np.float32
     x, t, opts = make_inputs(name, case, dtype, rng, (6, 6))
@@ -97,10 +95,8 @@ def test_out_overlapping_an_input_raises_before_writing(backend, name, case, kin
 
 
 @pytest.mark.parametrize("name,case", LOSS_CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_out_exactly_the_input_is_the_gradient(backend, name, case):
     """The one overlap allowed: out is the input itself (or another view of exactly it)."""
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, case, np.float64, rng, (6, 6))
     loss, grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
@@ -134,9 +130,7 @@ def _nan_at_zero_problems(dtype):
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_under_a_zero_target_or_weight_stays_nan(backend, dtype):
-    backend_or_skip(backend)
     for name, x, t, opts in _nan_at_zero_problems(dtype):
         opts = dict(opts)
         reduction = opts.pop("reduction", "mean")
@@ -149,11 +143,9 @@ def test_nan_under_a_zero_target_or_weight_stays_nan(backend, dtype):
             np.testing.assert_allclose(np.asarray(got)[finite], np.asarray(want)[finite], rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_one_class_multiclass_hinge_has_no_term(backend):
     """One class: no j != y, so no term at all (PyTorch's multi_margin_loss), even for a NaN
     score: the one documented exception to NaN in, NaN out (found by the NaN strategy)."""
-    backend_or_skip(backend)
     x = np.array([[np.nan], [2.0], [-np.inf]])
     for mode in ("weston_watkins", "crammer_singer"):
         loss, grad = call("multiclass_hinge", "loss_and_grad", x, np.zeros(3, np.int64), backend=backend,
@@ -162,20 +154,16 @@ def test_one_class_multiclass_hinge_has_no_term(backend):
         np.testing.assert_array_equal(grad, np.zeros((3, 1)))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_target_under_a_masked_log_prob_is_zero(backend):
     """kl_div: a zero target contributes 0 even where log_probs = -inf (the documented choice:
     PyTorch gives 0 * inf = NaN there); the same for a +inf log-probability."""
-    backend_or_skip(backend)
     x = np.array([-np.inf, np.inf, -0.5])
     t = np.array([0.0, 0.0, 1.0])
     got = call("kl_div", "loss", x, t, backend=backend, reduction="none")
     np.testing.assert_array_equal(got, [0.0, 0.0, 0.5])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_dim_and_broadcast_weights(backend):
-    backend_or_skip(backend)
     _, rng = seeded_rng()
     for shape, w_shape, pw_shape in [((), (), ()), ((), (), None), ((3, 4), (), (1,)),
                                      ((3, 4), (3, 1), ()), ((3, 4), (1, 4), (4,)), ((2, 3, 4), (3, 1), (1, 4))]:
@@ -190,9 +178,7 @@ def test_zero_dim_and_broadcast_weights(backend):
         assert np.shape(grad) == shape
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_options_and_label_dtypes(backend):
-    backend_or_skip(backend)
     _, rng = seeded_rng()
     x = rng.standard_normal((5, 4))
     y = np.array([0, 3, 1, 2, 1])

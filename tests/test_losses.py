@@ -4,8 +4,8 @@ plus finite differences, leading batch dims, out=, grad_output and the kinks."""
 import numpy as np
 import pytest
 
-from cases import (ALL_CASES, BACKENDS, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, assert_reference,
-                   backend_or_skip, call, case_id, kink_distance, make_inputs, rel_err, seeded_rng,
+from cases import (ALL_CASES, DTYPES, OPTION_CASES, TEST_ONLY_KEYS, TOL, assert_reference,
+                   call, case_id, kink_distance, make_inputs, rel_err, seeded_rng,
                    skip_if_simulated)
 from fastloss import reference
 from fastloss._specs import ROWS, SPECS
@@ -23,9 +23,7 @@ def test_every_option_has_a_case():
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference(backend, name, case, dtype, reduction, entry):
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     shape = (3, 4, 6) if SPECS[name].layout == ROWS else (4, 5)
     x, t, opts = make_inputs(name, case, dtype, rng, shape)
@@ -53,10 +51,8 @@ def test_matches_reference(backend, name, case, dtype, reduction, entry):
 
 
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradient_matches_finite_differences(backend, name, case):
     """4th-order central differences of the backend's own float64 loss, away from kinks."""
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     shape = (3, 5) if SPECS[name].layout == ROWS else (3, 4)
     for _ in range(200):
@@ -77,11 +73,9 @@ def test_gradient_matches_finite_differences(backend, name, case):
 
 
 @pytest.mark.parametrize("shape", ((37, 3), (70, 16), (300, 10), (5, 17)))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_many_rows_of_few_classes(backend, shape):
     """Row losses over many short rows: the kernels' row-tile paths (full tiles, a partial last
     tile, rows side by side in vector lanes), every option case, per-row losses and gradients."""
-    backend_or_skip(backend)
     if shape[0] * shape[1] > 2000:  # CUDA's own row geometries: test_cuda.py
         skip_if_simulated(backend, f"every row loss and case on {shape}")
     seed, rng = seeded_rng()
@@ -102,12 +96,10 @@ def test_many_rows_of_few_classes(backend, shape):
 
 
 @pytest.mark.parametrize("shape", ((2101, 1001), (257, 8193), (200003, 11)))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_large_gradients(backend, shape):
     """softmax_xent on gradients of over 8 MB: the kernels stream them out (non-temporal stores
     of whole lines, rows not line-aligned; few classes: blocks of rows side by side); in place
     (out=x) they do not."""
-    backend_or_skip(backend)
     skip_if_simulated(backend, f"{shape[0] * shape[1]:,}-element gradients")
     seed, rng = seeded_rng()
     for case in OPTION_CASES["softmax_xent"]:
@@ -140,9 +132,7 @@ SHAPES = [((2, 3, 2, 5), np.float64, "none", 1e-12), ((6,), np.float64, "none", 
 @pytest.mark.parametrize("shape,dtype,reduction,tol", SHAPES, ids=lambda v: "x".join(map(str, v))
                          if isinstance(v, tuple) else None)
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_shapes(backend, name, shape, dtype, reduction, tol):
-    backend_or_skip(backend)
     if np.prod(shape) > 10**6:
         skip_if_simulated(backend, f"{np.prod(shape):,} elements")
     if name == "cosine_similarity" and shape[-1] == 1:  # see test_cosine_similarity_of_one_class
@@ -156,9 +146,7 @@ def test_shapes(backend, name, shape, dtype, reduction, tol):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_out_receives_gradient_and_may_be_the_input(backend, name):
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, OPTION_CASES[name][-1], np.float32, rng, (4, 9))
     expected_loss, expected_grad = call(name, "loss_and_grad", x, t, backend=backend, **opts)
@@ -177,9 +165,7 @@ def test_out_receives_gradient_and_may_be_the_input(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_readonly_and_integer_inputs(backend, name):
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, OPTION_CASES[name][0], np.float64, rng, (6, 8))
     expected = call(name, "loss_and_grad", x, t, backend=backend, reduction="none", **opts)
@@ -204,9 +190,7 @@ def test_noncontiguous_readonly_and_integer_inputs(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend, name):
-    backend_or_skip(backend)
     shape = (0, 4) if SPECS[name].layout == ROWS else (0,)
     x = np.zeros(shape)
     t = np.zeros(shape[:-1], np.int64) if SPECS[name].targets != "values" else np.zeros(shape)
@@ -217,9 +201,7 @@ def test_empty_batch(backend, name):
 
 
 @pytest.mark.parametrize("name", list(OPTION_CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_nan_out(backend, name):
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     x, t, opts = make_inputs(name, OPTION_CASES[name][0], np.float32, rng, (4, 6))
     x[2, 3] = np.nan
@@ -230,9 +212,7 @@ def test_nan_in_nan_out(backend, name):
     assert ignored or np.isnan(call(name, "loss", x, t, backend=backend, **opts))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_xent_masks(backend):
-    backend_or_skip(backend)
     x = np.array([[0.5, -np.inf, 2.0, -1.0], [-np.inf, 1.0, -np.inf, -np.inf], [1.0, 2.0, -np.inf, 0.0]])
     y = np.array([0, 1, 2])
     loss, grad = call("softmax_xent", "loss_and_grad", x, y, backend=backend, reduction="none")
@@ -246,9 +226,7 @@ def test_softmax_xent_masks(backend):
     assert np.isnan(call("softmax_xent", "loss", x_inf, np.array([0]), backend=backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_kinks_use_pytorch_subgradients(backend):
-    backend_or_skip(backend)
     d = np.array([[-1.0, 0.0, 1.0, 0.5]])
     zero = np.zeros_like(d)
     np.testing.assert_array_equal(call("mae", "grad", d, zero, backend=backend, reduction="sum"), [[-1, 0, 1, 1]])
@@ -271,12 +249,10 @@ def test_kinks_use_pytorch_subgradients(backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=("f32", "f64"))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_cosine_similarity_of_one_class(backend, dtype):
     """Rows of one element: the loss is -sign(x) sign(t) and the gradient 0 (x/|x| is constant),
     which the kernels compute as a difference of two equal terms: 0 up to their rounding, so it
     is held to that rounding here rather than to a relative error of a zero."""
-    backend_or_skip(backend)
     seed, rng = seeded_rng()
     x = (rng.standard_normal((50, 1)) + np.sign(rng.standard_normal((50, 1))) * 0.1).astype(dtype)
     t = rng.standard_normal((50, 1)).astype(dtype)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cases import BACKENDS, TOL, backend_or_skip, call, make_inputs, rel_err, skip_if_simulated
+from cases import TOL, call, make_inputs, rel_err, skip_if_simulated
 from fastloss import reference
 from fastloss._specs import CLASSES_OR_PROBS, ROWS, SPECS
 
@@ -179,9 +179,7 @@ def _check(backend, name, p):
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_random_problems_match_reference(backend, name):
-    backend_or_skip(backend)
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems(name))
@@ -191,9 +189,7 @@ def test_random_problems_match_reference(backend, name):
     check()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_huge_class_count(backend):
-    backend_or_skip(backend)
     skip_if_simulated(backend, "rows of 2**17 classes")
     rng = np.random.default_rng()
     x = rng.standard_normal((3, 2**17)).astype(np.float32) * 5

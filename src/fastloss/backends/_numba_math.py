@@ -623,19 +623,12 @@ def _sum16(a, j0, j1):
     s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = s
     for j in range(n16, j1):
         s0 += a[j]
-    s0 += s8
-    s1 += s9
-    s2 += s10
-    s3 += s11
-    s4 += s12
-    s5 += s13
-    s6 += s14
-    s7 += s15
-    s0 += s4
-    s1 += s5
-    s2 += s6
-    s3 += s7
-    return np.float64((s0 + s2) + (s1 + s3))
+    # the lanes folded in halves (lane l + lane l+8, then + 4, + 2, + 1): one fixed order
+    h0 = (s0 + s8) + (s4 + s12)
+    h1 = (s1 + s9) + (s5 + s13)
+    h2 = (s2 + s10) + (s6 + s14)
+    h3 = (s3 + s11) + (s7 + s15)
+    return np.float64((h0 + h2) + (h1 + h3))
 
 
 @njit(**_HELPER)

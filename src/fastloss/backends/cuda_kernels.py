@@ -164,6 +164,13 @@ def _row_groups(n, width):
 
 
 @cuda.jit(device=True)
+def _row_thread(x, g, width):
+    """(lane, classes, write_g) of this thread: its lane among the ``width`` threads of a row, the
+    row length, and whether a gradient is written (an empty ``g`` means loss only)."""
+    return cuda.threadIdx.x % width, x.shape[1], g.shape[0] > 0
+
+
+@cuda.jit(device=True)
 def _row_of(grp, width):
     """This thread's row in row group ``grp`` (may be past the last row)."""
     return grp * (TPB // width) + cuda.threadIdx.x // width
@@ -328,10 +335,8 @@ def label_weight_kernel(labels, n_classes, ignore_index, w, partials):
 def softmax_xent_kernel(x, labels, w, ignore_index, eps, z, g, gscale, gscale_arr, gs_stride,
                          den, loss_out, partials, width):
     sm = cuda.shared.array((4, TPB), np.float64)  # per thread: m, s, sum_j w_j x_j, sum_j w_j
-    lane = cuda.threadIdx.x % width
-    c = x.shape[1]
+    lane, c, write_g = _row_thread(x, g, width)
     inv_c = 1.0 / c
-    write_g = g.shape[0] > 0
     has_w = w.shape[0] > 0
     smooth_w = eps != 0.0 and has_w  # sum_j w_j is then reduced with the row (no host sync)
     acc = np.float64(0.0)
@@ -403,11 +408,9 @@ def _soft_target(t, w, row, j, keep, add):
 def softmax_xent_probs_kernel(x, t, w, eps, z, g, gscale, gscale_arr, gs_stride, den, loss_out,
                                partials, width):
     sm = cuda.shared.array((4, TPB), np.float64)  # per thread: m, s, r, q
-    lane = cuda.threadIdx.x % width
-    c = x.shape[1]
+    lane, c, write_g = _row_thread(x, g, width)
     keep = 1.0 - eps
     add = eps * (1.0 / c)
-    write_g = g.shape[0] > 0
     acc = np.float64(0.0)
     for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
         row = _row_of(grp, width)
@@ -456,9 +459,7 @@ def multiclass_hinge_kernel(x, labels, w, margin, squared, crammer_singer, g, gs
     sm_a = cuda.shared.array(TPB, np.float64)
     sm_b = cuda.shared.array(TPB, np.float64)
     sm_j = cuda.shared.array(TPB, np.int64)  # also the unused slots of the two reductions
-    lane = cuda.threadIdx.x % width
-    c = x.shape[1]
-    write_g = g.shape[0] > 0
+    lane, c, write_g = _row_thread(x, g, width)
     acc = np.float64(0.0)
     for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
         row = _row_of(grp, width)
@@ -673,9 +674,7 @@ _cosine_similarity_grad = cuda.jit(device=True)(_items.cosine_similarity_grad)
 @cuda.jit
 def cosine_similarity_kernel(x, t, g, gscale, gscale_arr, gs_stride, den, loss_out, partials, width):
     sm = cuda.shared.array((4, TPB), np.float64)  # per thread: sum x**2, sum t**2, sum x t
-    lane = cuda.threadIdx.x % width
-    c = x.shape[1]
-    write_g = g.shape[0] > 0
+    lane, c, write_g = _row_thread(x, g, width)
     acc = np.float64(0.0)
     for grp in range(cuda.blockIdx.x, _row_groups(x.shape[0], width), cuda.gridDim.x):
         row = _row_of(grp, width)

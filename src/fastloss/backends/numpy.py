@@ -471,29 +471,28 @@ def hinge(x, target, margin, squared, grad, gscale, gscale_arr, loss_out, n_thre
         return total
 
 
-def mse(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
-    """(x - target)**2."""
+def _of_difference(x, target, grad, gscale, gscale_arr, loss_out, item, slope, factor):
+    """Sum of item(d = x - target); the gradient slope(d) * (factor * scale) over d (in grad).
+    The factor joins the scale before d is touched: 2 * d alone could overflow."""
     with np.errstate(all="ignore"):
         d = np.subtract(x, target, out=grad)
-        total = float(np.sum(np.square(d, out=_loss_buffer(x, loss_out)), dtype=np.float64))
-        if grad is None:
-            return total
-        folded, post = _scale(gscale, gscale_arr, x.dtype.type)
-        d *= 2 * folded
-        _post_scale(d, post)
+        total = float(np.sum(item(d, out=_loss_buffer(x, loss_out)), dtype=np.float64))
+        if grad is not None:
+            folded, post = _scale(gscale, gscale_arr, x.dtype.type)
+            _scale_into(slope(d), grad, factor * folded, post)
         return total
+
+
+def mse(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
+    """(x - target)**2."""
+    return _of_difference(x, target, grad, gscale, gscale_arr, loss_out, np.square,
+                          lambda d: d, 2)
 
 
 def mae(x, target, grad, gscale, gscale_arr, loss_out, n_threads=1):
     """|x - target| (slope 0 at 0, as PyTorch)."""
-    with np.errstate(all="ignore"):
-        d = np.subtract(x, target, out=grad)
-        total = float(np.sum(np.abs(d, out=_loss_buffer(x, loss_out)), dtype=np.float64))
-        if grad is None:
-            return total
-        np.sign(d, out=d)
-        _scale_into(d, grad, *_scale(gscale, gscale_arr, x.dtype.type))
-        return total
+    return _of_difference(x, target, grad, gscale, gscale_arr, loss_out, np.abs,
+                          lambda d: np.sign(d, out=d), 1)
 
 
 def kl_div(x, target, log_target, grad, gscale, gscale_arr, loss_out, n_threads=1):
