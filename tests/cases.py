@@ -7,6 +7,7 @@ option of the spec (``test_every_option_has_a_case`` enforces this).
 
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -21,6 +22,22 @@ from fastloss._specs import CLASSES, CLASSES_OR_PROBS, ROWS, SPECS
 BACKENDS = ("numpy", "cython", "numba", "cuda")
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
+BFLOAT16 = ml_dtypes.bfloat16
+HALF = (np.float16, BFLOAT16)
+FLOATS, FLOAT_IDS = DTYPES + HALF, ("f32", "f64", "f16", "bf16")
+UNIT_ROUNDOFF = {np.float16: 2.0**-11, BFLOAT16: 2.0**-8}
+
+
+def tol(dtype):
+    """The spec's relative tolerance with room (x10) for the float64 reference's own rounding;
+    a half type adds its unit roundoff (one rounding of each result) to float32's."""
+    if dtype in UNIT_ROUNDOFF:
+        return UNIT_ROUNDOFF[dtype] + TOL[np.float32] * 10
+    return TOL[dtype] * 10
+
+
+def finfo(dtype):
+    return ml_dtypes.finfo(dtype) if dtype is BFLOAT16 else np.finfo(dtype)
 
 # option sets per loss; "probs": True asks for probability targets instead of class indices
 OPTION_CASES = {

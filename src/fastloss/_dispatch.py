@@ -108,8 +108,8 @@ def resolve(backend, x):
 
 class Problem(NamedTuple):
     """A validated host call, normalised to the kernel contract (see backends/__init__.py)."""
-    x: np.ndarray  # compute dtype, C-contiguous, (N, C) for row losses, flat otherwise
-    target: np.ndarray  # int64 labels (N,), or floats of x's shape
+    x: np.ndarray  # compute dtype (bfloat16 as its bits), C-contiguous, (N, C) for row losses, flat otherwise
+    target: np.ndarray  # int64 labels (N,), or floats of x's shape and dtype
     kind: str  # 'classes', 'probs' or 'values'
     options: dict  # converted option values
     dtype: np.dtype
@@ -146,8 +146,11 @@ def prepare(spec, entry, x, target, reduction, grad_output, out, options, checks
         else:
             out = v.check_out(spec, out, item_shape, dtype, what, readonly + [(spec.input_name, x)])
 
-    x_flat = np.ascontiguousarray(x, dtype=dtype)
+    x_flat = v.bits(np.ascontiguousarray(x, dtype=dtype))
     x_flat = x_flat.reshape(n_items, x.shape[-1]) if rows else x_flat.reshape(-1)
+    for k in ("weight", "pos_weight"):
+        if opts.get(k) is not None:
+            opts[k] = v.bits(opts[k])
     t_flat, label_denom = checked_target(spec, kind, target, x.shape[-1] if x.ndim else 1, dtype, opts, checks)
     if kind != "classes":
         t_flat = t_flat.reshape(x_flat.shape)
@@ -171,7 +174,7 @@ def checked_target(spec, kind, target, n_classes, dtype, opts, checks):
         if bad >= 0:
             v.raise_bad_label(spec, target, bad, spec.target_name, n_classes, ignore_index if has_ignore else None)
         return labels, weight_sum
-    values = np.ascontiguousarray(target, dtype=dtype).reshape(-1)
+    values = v.bits(np.ascontiguousarray(target, dtype=dtype)).reshape(-1)
     if spec.binary_labels:
         bad = checks.binary_label_check(values, threads_for(values.size))
         if bad >= 0:
@@ -205,8 +208,8 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     kernel_name, args = spec.kernel(p.kind)
     total = getattr(kernels, kernel_name)(
         p.x, p.target, *args(p.options),
-        None if grad is None else grad.reshape(p.x.shape), p.gscale, p.gscale_arr,
-        None if loss_out is None else loss_out.reshape(-1),
+        None if grad is None else v.bits(grad).reshape(p.x.shape), p.gscale, p.gscale_arr,
+        None if loss_out is None else v.bits(loss_out).reshape(-1),
         threads_for(p.x.size))
 
     # reduce
@@ -215,10 +218,19 @@ def run(spec, entry, x, target, reduction, grad_output, backend, out, options):
     if reduction == "none":
         value = loss_out
     elif reduction == "sum":
-        value = p.dtype.type(total)
+        value = _rounded(p.dtype, total)
     else:
-        value = p.dtype.type(_divide(total, p.denom))
+        value = _rounded(p.dtype, _divide(total, p.denom))
     return value if entry == "loss" else (value, grad)
+
+
+def _rounded(dtype, value):
+    """``value`` rounded once to ``dtype``; beyond its range that is +-inf (the answer, not a
+    warning)."""
+    if -65504.0 <= value <= 65504.0:  # within every dtype's range (float16's max): the common case
+        return dtype.type(value)
+    with np.errstate(over="ignore"):
+        return dtype.type(value)
 
 
 def _divide(a, b):

@@ -13,19 +13,38 @@ from ._specs import CLASSES, CLASSES_OR_PROBS, ELEMENTS
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_F16 = np.dtype(np.float16)
+
+
+def is_bfloat16(dtype):
+    """``ml_dtypes.bfloat16`` (or any 2-byte dtype of that name), known without importing it."""
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def real_kind(dtype):
+    """NumPy's kind letter, with bfloat16 (kind 'V' in NumPy's eyes) a float: 'f'."""
+    dtype = np.dtype(dtype)
+    return "f" if is_bfloat16(dtype) else dtype.kind
 
 
 def compute_dtype(x, name):
-    """float32/float64 stay; other real dtypes go to float64 as NumPy would (float16 to float32)."""
+    """float32/float64/float16/bfloat16 stay (half values are converted as kernels load them);
+    other real dtypes go to float64 as NumPy would."""
     dtype = x.dtype
     if dtype in _FLOATS:
         return dtype
     dtype = np.dtype(dtype)
-    if dtype == np.float16:
-        return np.dtype(np.float32)
-    if dtype.kind in "biu" or dtype.kind == "f":
+    if dtype == _F16 or is_bfloat16(dtype):
+        return dtype
+    if dtype.kind in "biuf":
         return np.dtype(np.float64)
     raise TypeError(f"{name} must be a real (float or integer) array, got dtype {dtype}")
+
+
+def bits(a):
+    """A host array as the kernels take it: bfloat16 as its uint16 bits (NumPy has no
+    bfloat16; see fastloss.backends), anything else (and None) as it is."""
+    return a.view(np.uint16) if isinstance(a, np.ndarray) and is_bfloat16(a.dtype) else a
 
 
 def check_reduction(spec, reduction):
@@ -44,7 +63,7 @@ def check_input_shape(spec, shape, name):
 
 def target_kind(spec, x_shape, target, target_name):
     """'classes', 'probs' or 'values', after checking the target's dtype and shape."""
-    shape, kind = tuple(target.shape), np.dtype(target.dtype).kind
+    shape, kind = tuple(target.shape), real_kind(target.dtype)
     if spec.targets in (CLASSES, CLASSES_OR_PROBS) and kind in "iu":
         if shape != tuple(x_shape[:-1]):
             raise ValueError(
@@ -108,7 +127,7 @@ def _int64(spec, name, value):
 
 def check_real(spec, name, arr):
     """``arr`` (host or device array) has a real dtype (read from its metadata)."""
-    if np.dtype(arr.dtype).kind not in "biuf":
+    if real_kind(arr.dtype) not in "biuf":
         raise TypeError(f"{spec.name}: {name} must be a real array, got dtype {arr.dtype}")
 
 
@@ -215,7 +234,7 @@ def _position(a, flat):
 def check_grad_output(spec, grad_output, reduction, item_shape):
     """A float for reduction 'mean'/'sum'/scalar; a float64 array of the items for 'none'."""
     g = np.asarray(grad_output)
-    if g.dtype.kind not in "biuf":
+    if real_kind(g.dtype) not in "biuf":
         raise TypeError(f"{spec.name}: grad_output must be real, got dtype {g.dtype}")
     if g.ndim == 0:
         return float(g), None

@@ -218,8 +218,9 @@ def items(name, x, target, **options):
     """Per-item losses, their gradients and the mean's denominator, all in float64."""
     x = np.asarray(x, np.float64)
     target = np.asarray(target)
-    if target.dtype.kind == "f" or name != "softmax_xent" and name != "multiclass_hinge":
-        target = target.astype(np.float64)
+    if target.dtype.kind not in "iu" or name not in ("softmax_xent", "multiclass_hinge"):
+        target = target.astype(np.float64)  # float targets of any dtype (bfloat16 too)
+    options = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in options.items()}
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return LOSSES[name](x, target, **options)
 

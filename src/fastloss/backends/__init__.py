@@ -4,9 +4,18 @@ The dispatch layer (``fastloss._dispatch``) has already validated and normalised
 when a kernel runs, so kernels never check arguments; they only compute. The contract:
 
 Arrays
-    ``x`` is C-contiguous float32 or float64. Every other float array (targets, weights,
-    ``grad``, ``loss_out``) has the dtype of ``x`` and is C-contiguous, except ``gscale_arr``,
-    which is float64. ``labels`` is C-contiguous int64.
+    ``x`` is C-contiguous float32, float64, float16 or bfloat16. Every other float array
+    (targets, weights, ``grad``, ``loss_out``) has the dtype of ``x`` and is C-contiguous, except
+    ``gscale_arr``, which is float64. ``labels`` is C-contiguous int64.
+
+Half precision
+    float16 arrives as ``np.float16``; bfloat16 as ``np.uint16`` holding its bits (NumPy has no
+    bfloat16: the road views an ``ml_dtypes.bfloat16`` array or a torch tensor that way, so no
+    backend needs ml_dtypes). A kernel converts half values as it loads them (no float32 copy of
+    an array: registers, or scratch of a few rows per thread), computes items and rows in
+    float32, sums in float64 over the same fixed blocks as for float32, and rounds ``grad`` and
+    ``loss_out`` once from float32 to the half type: nearest-even, beyond the range to +-inf,
+    NaN stays NaN, subnormals kept. ``grad`` may be ``x`` as for any dtype.
 
 Row losses (class axis last), ``x`` of shape ``(N, C)``::
 

@@ -146,7 +146,7 @@ def _row_max(x):
 
 def label_weight_sum(labels, n_classes, ignore_index, has_ignore, weight):
     """(denominator of the mean, position of the first bad label or -1)."""
-    labels = labels.reshape(-1)
+    labels, weight = labels.reshape(-1), _to_float32(weight)
     bad = (labels < 0) | (labels >= n_classes)
     valid = labels != ignore_index if has_ignore else None
     if valid is not None:
@@ -355,6 +355,7 @@ def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
 def binary_label_check(target, n_threads=1):
     """Position of the first hinge label not in {-1, 0, +1} (NaN passes: NaN in, NaN out), or -1.
     (One thread: NumPy's.)"""
+    target = _to_float32(target)
     bad = (target != 1) & (target != -1) & (target != 0) & ~np.isnan(target)
     return int(np.argmax(bad)) if bad.any() else -1
 
@@ -783,3 +784,55 @@ def _cosine_similarity64(x, t, grad, gscale, gscale_arr, loss_out):
         folded, post = _scale(gscale, gscale_arr, np.float64)
         _scale_into(grad, grad, _col(folded), post)
         return total
+
+
+# -- half precision: computed in float32, as a NumPy user would --------------------------------
+
+_HALF = (np.dtype(np.float16), np.dtype(np.uint16))  # float16, and bfloat16 as its bits
+
+
+def _to_float32(a):
+    """A half array (float16, or bfloat16 bits) as float32 (exact); anything else unchanged."""
+    if not isinstance(a, np.ndarray) or a.dtype not in _HALF:
+        return a
+    if a.dtype == np.float16:
+        return a.astype(np.float32)
+    return (a.astype(np.uint32) << 16).view(np.float32)  # bfloat16 is float32's upper half
+
+
+def _store_half(dst, f32):
+    """dst[...] = f32 rounded to dst's half type: nearest-even, beyond the range +-inf, NaN quiet."""
+    if dst.dtype == np.float16:
+        with np.errstate(over="ignore"):
+            dst[...] = f32
+        return
+    b = f32.view(np.uint32)
+    r = (b + (0x7FFF + ((b >> 16) & 1))) >> 16  # to nearest, ties to even (wraps only for -NaN)
+    nan = f32 != f32
+    r[nan] = (b[nan] >> 16) | 0x40
+    dst[...] = r
+
+
+def _in_float32(kernel):
+    """A loss kernel that takes half arrays: the inputs converted to float32 copies, the float32
+    kernel run, grad and loss_out rounded back (x's dtype says whether the call is half)."""
+
+    @functools.wraps(kernel)
+    def run(x, *args):
+        if x.dtype not in _HALF:
+            return kernel(x, *args)
+        *inputs, grad, gscale, gscale_arr, loss_out, n_threads = args
+        g32 = None if grad is None else np.empty(grad.shape, np.float32)
+        l32 = None if loss_out is None else np.empty(loss_out.shape, np.float32)
+        total = kernel(_to_float32(x), *map(_to_float32, inputs), g32, gscale, gscale_arr, l32, n_threads)
+        for dst, src in ((grad, g32), (loss_out, l32)):
+            if dst is not None:
+                _store_half(dst, src)
+        return total
+
+    return run
+
+
+for _name in KERNEL_NAMES:
+    if _name not in ("label_weight_sum", "binary_label_check"):
+        globals()[_name] = _in_float32(globals()[_name])
