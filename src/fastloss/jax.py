@@ -13,7 +13,10 @@ shape; the others after ``multiclass_hinge`` are elementwise.)
 The forward runs fastloss's fused ``<loss>_and_grad`` kernel on the host through
 ``jax.pure_callback`` and keeps the gradient as the residual; the backward only multiplies it by
 the cotangent. Without differentiation a loss-only kernel runs. The kernels run on the host:
-on a JAX accelerator the callback copies the arrays to the host and back.
+on a JAX accelerator the callback copies the arrays to the host and back. ``float16`` and
+``bfloat16`` arrays go to the kernels as they are (float32 math, results rounded once); for them
+the forward runs the loss alone and the backward one gradient kernel with the cotangent folded
+in, so that the gradient is rounded once, not once in the kernel and again when scaled.
 
 * ``reduction`` and the scalar options (``ignore_index``, ``label_smoothing``, ``z_loss``,
   ``delta``, ``margin``, ``squared``, ``mode``, ``log_target``, ``beta``, ``log_input``,
@@ -41,7 +44,6 @@ from ._specs import ELEMENTS, SPECS
 __all__ = list(SPECS)
 
 _ARRAY_OPTIONS = ("weight", "pos_weight")
-_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _item_shape(spec, shape, reduction):
@@ -52,18 +54,14 @@ def _item_shape(spec, shape, reduction):
 
 def _host(name, entry, reduction, backend, static, dtype):
     """The host function the callback runs: NumPy in, NumPy out, results of ``dtype``."""
-    func = getattr(_fastloss, name if entry == "loss" else name + "_and_grad")
+    func = getattr(_fastloss, name + {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}[entry])
 
-    def host(x, target, arrays):
-        x = np.asarray(x)
-        if x.dtype not in _NATIVE:  # float16 / bfloat16: compute in float32
-            x = x.astype(np.float32)
-        target = np.asarray(target)
-        if target.dtype.kind not in "biuf":  # bfloat16 targets
-            target = target.astype(np.float32)
-        arrays = {k: (None if a is None else np.asarray(a, dtype=x.dtype)) for k, a in arrays.items()}
-        result = func(x, target, reduction=reduction, backend=backend, **static, **arrays)
-        if entry == "loss":
+    def host(x, target, arrays, *cotangent):
+        arrays = {k: (None if a is None else np.asarray(a)) for k, a in arrays.items()}
+        if cotangent:
+            arrays["grad_output"] = np.asarray(cotangent[0])
+        result = func(np.asarray(x), np.asarray(target), reduction=reduction, backend=backend, **static, **arrays)
+        if entry != "loss_and_grad":
             return np.asarray(result, dtype=dtype)
         loss, grad = result
         return np.asarray(loss, dtype=dtype), np.asarray(grad, dtype=dtype)
@@ -71,12 +69,17 @@ def _host(name, entry, reduction, backend, static, dtype):
     return host
 
 
-def _call(name, entry, reduction, backend, static, x, target, arrays):
+def _call(name, entry, reduction, backend, static, x, target, arrays, *cotangent):
     spec = SPECS[name]
     loss_struct = jax.ShapeDtypeStruct(_item_shape(spec, x.shape, reduction), x.dtype)
-    shapes = loss_struct if entry == "loss" else (loss_struct, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    grad_struct = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    shapes = {"loss": loss_struct, "grad": grad_struct, "loss_and_grad": (loss_struct, grad_struct)}[entry]
     host = _host(name, entry, reduction, backend, dict(static), np.dtype(x.dtype))
-    return jax.pure_callback(host, shapes, x, target, arrays, vmap_method="sequential")
+    return jax.pure_callback(host, shapes, x, target, arrays, *cotangent, vmap_method="sequential")
+
+
+def _half(x):
+    return x.dtype in (jnp.float16, jnp.bfloat16)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -85,16 +88,22 @@ def _loss(name, reduction, backend, static, x, target, arrays):
 
 
 def _loss_fwd(name, reduction, backend, static, x, target, arrays):
+    if _half(x):  # the backward computes the gradient with the cotangent folded in: see _loss_bwd
+        return _call(name, "loss", reduction, backend, static, x, target, arrays), (x, target, arrays)
     loss, grad = _call(name, "loss_and_grad", reduction, backend, static, x, target, arrays)
     return loss, (grad, target, arrays)
 
 
 def _loss_bwd(name, reduction, backend, static, residual, cotangent):
-    grad, target, arrays = residual
+    """The forward's gradient times the cotangent; for half inputs one grad kernel with the
+    cotangent as its grad_output instead (a half gradient times the cotangent would round twice)."""
+    first, target, arrays = residual
+    zero = jax.tree_util.tree_map(_zero_cotangent, (target, arrays))
+    if _half(first):
+        return (_call(name, "grad", reduction, backend, static, first, target, arrays, cotangent),) + zero
     if reduction == "none" and SPECS[name].layout != ELEMENTS:
         cotangent = cotangent[..., None]  # one cotangent per row
-    zero = jax.tree_util.tree_map(_zero_cotangent, (target, arrays))
-    return (grad * cotangent,) + zero
+    return (first * cotangent,) + zero
 
 
 def _zero_cotangent(a):

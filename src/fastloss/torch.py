@@ -39,9 +39,15 @@ CPU tensors reach the kernels as NumPy views (no copy); CUDA tensors go to fastl
 backend through ``__cuda_array_interface__``. Without a gradient to compute (``no_grad``, or
 an input that does not require grad) a loss-only op runs instead.
 
+Half precision: float16 and bfloat16 tensors go to the kernels as they are (CPU bfloat16 as an
+``ml_dtypes.bfloat16`` view, which needs ``ml_dtypes``: it comes with ``fastloss[torch]``);
+items are computed in float32 and each result rounded once. A backward whose ``grad_output`` is
+not 1 recomputes the gradient with it folded in (``fastloss::<loss>_backward``) rather than
+scaling the rounded half gradient, which would round twice (except with ``inplace_grad=True``,
+whose logits are gone by then: there a non-unit ``grad_output`` scales the half gradient).
+
 Limits: gradients flow to the input only (a target, ``weight`` or ``pos_weight`` that requires
-grad is refused, rather than silently getting none); double backward raises; float16/bfloat16
-inputs are computed in float32 and the results cast back.
+grad is refused, rather than silently getting none); double backward raises.
 
 Importing ``fastloss`` never imports torch; only ``import fastloss.torch`` does.
 """
@@ -72,47 +78,71 @@ _OPTION_TYPES = {
     "full": bool, "eps": float, "alpha": float, "gamma": float,
 }
 _NATIVE = (torch.float32, torch.float64)  # dtypes the kernels take as they are
+_HALF = (torch.float16, torch.bfloat16)  # passed straight through, computed in float32 in registers
 
 
 # ---- the host/device call ----------------------------------------------------------------------
 
-def _as_numpy(t, compute_dtype=None):
-    """A NumPy view of a CPU tensor (no copy); half/bfloat16 go through float32."""
+def _bfloat16():
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes comes with fastloss[torch]
+        raise ImportError("fastloss.torch: bfloat16 CPU tensors reach NumPy as ml_dtypes.bfloat16 "
+                          "arrays; install ml_dtypes (pip install ml_dtypes, or fastloss[torch])") from None
+    return ml_dtypes.bfloat16
+
+
+def _as_numpy(t):
+    """A NumPy view of a CPU tensor (no copy); bfloat16 as an ``ml_dtypes.bfloat16`` view."""
     t = t.detach()
-    if t.is_floating_point() and t.dtype not in _NATIVE:
-        t = t.to(compute_dtype or torch.float32)
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy().view(_bfloat16())
     return t.numpy()
 
 
-def _compute(spec, entry, x, target, reduction, backend, opts, out=None):
-    """Run ``<loss>`` (entry 'loss') or ``<loss>_and_grad`` on tensors.
+def _from_numpy(a):
+    """A NumPy result as a tensor (no copy); bfloat16 by its bits."""
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
-    Returns (loss, grad) tensors of ``x``'s dtype and device (grad None for 'loss').
-    ``out`` (``_and_grad`` only) is a tensor that receives the gradient, e.g. ``x`` itself.
+
+def _compute(spec, entry, x, target, reduction, backend, opts, out=None, grad_output=None):
+    """Run ``<loss>`` (entry 'loss'), ``<loss>_and_grad`` or ``<loss>_grad`` (with
+    ``grad_output``) on tensors.
+
+    Returns (loss, grad) tensors of ``x``'s dtype and device (loss None for 'grad', grad None
+    for 'loss'). ``out`` (``_and_grad`` only) is a tensor that receives the gradient, e.g. ``x``.
     """
-    func = getattr(_fastloss, spec.name if entry == "loss" else spec.name + "_and_grad")
+    func = getattr(_fastloss, spec.name + {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}[entry])
     kwargs = dict(reduction=reduction)
     if x.device.type == "cuda":
         kwargs.update({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
         if out is not None:
             kwargs["out"] = out.detach()
+        if grad_output is not None:
+            kwargs["grad_output"] = grad_output.detach()
         result = func(x.detach(), target.detach(), backend="cuda", **kwargs)
-        loss, grad = (result, None) if entry == "loss" else result
-        loss = torch.as_tensor(loss, device=x.device).to(x.dtype)
+        loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
+        if loss is not None:
+            loss = torch.as_tensor(loss, device=x.device).to(x.dtype)
         if grad is not None:
             grad = out if out is not None else torch.as_tensor(grad, device=x.device).to(x.dtype)
         return loss, grad
     if x.device.type != "cpu":
         raise ValueError(f"fastloss.torch: {spec.name} runs on CPU and CUDA tensors, got device {x.device}")
-    compute = torch.float32 if x.dtype not in _NATIVE else x.dtype
-    kwargs.update({k: (_as_numpy(v, compute) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
+    kwargs.update({k: (_as_numpy(v) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
     if out is not None:
-        kwargs["out"] = out.detach().numpy()
-    result = func(_as_numpy(x), _as_numpy(target, compute), backend=backend, **kwargs)
-    loss, grad = (result, None) if entry == "loss" else result
-    loss = torch.from_numpy(np.array(loss)).to(x.dtype)
+        kwargs["out"] = _as_numpy(out)
+    if grad_output is not None:
+        kwargs["grad_output"] = _as_numpy(grad_output)
+    result = func(_as_numpy(x), _as_numpy(target), backend=backend, **kwargs)
+    loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
+    if loss is not None:
+        loss = _from_numpy(loss)
     if grad is not None:
-        grad = out if out is not None else torch.from_numpy(grad).to(x.dtype)
+        grad = out if out is not None else _from_numpy(grad)
     return loss, grad
 
 
@@ -124,9 +154,10 @@ def _item_shape(spec, x, reduction):
 
 # ---- one custom op (+ a loss-only op) per loss, generated from the spec table ---------------
 
-def _signature(spec, returns):
+def _signature(spec, returns, grad_output=False):
     p = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter("x", p, annotation=torch.Tensor),
+    params = [inspect.Parameter("grad_output", p, annotation=torch.Tensor)] if grad_output else []
+    params += [inspect.Parameter("x", p, annotation=torch.Tensor),
               inspect.Parameter("target", p, annotation=torch.Tensor),
               inspect.Parameter("reduction", p, annotation=str),
               inspect.Parameter("backend", p, annotation=str)]
@@ -138,6 +169,7 @@ def _define_ops(spec):
     """``fastloss::<loss>`` -> (loss, grad) with autograd, ``fastloss::<loss>_forward`` -> loss."""
     fused_sig = _signature(spec, tuple[torch.Tensor, torch.Tensor])
     loss_sig = _signature(spec, torch.Tensor)
+    grad_sig = _signature(spec, torch.Tensor, grad_output=True)
     opt_names = tuple(spec.options)
     n_inputs = 4 + len(opt_names)
 
@@ -145,6 +177,14 @@ def _define_ops(spec):
         bound = sig.bind(*args, **kwargs).arguments
         return (bound["x"], bound["target"], bound["reduction"], bound["backend"],
                 {k: bound[k] for k in opt_names})
+
+    def grad_only(grad_output, *args, **kwargs):
+        x, target, reduction, backend, opts = split(grad_sig, (grad_output,) + args, kwargs)
+        return _compute(spec, "grad", x, target, reduction, backend, opts, grad_output=grad_output)[1]
+
+    def grad_fake(grad_output, *args, **kwargs):
+        x = split(grad_sig, (grad_output,) + args, kwargs)[0]
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     def fused(*args, **kwargs):
         x, target, reduction, backend, opts = split(fused_sig, args, kwargs)
@@ -163,7 +203,8 @@ def _define_ops(spec):
         return x.new_empty(_item_shape(spec, x, reduction))
 
     for f, sig, suffix in ((fused, fused_sig, ""), (loss_only, loss_sig, "_forward"),
-                           (fused_fake, fused_sig, "_fake"), (loss_fake, loss_sig, "_forward_fake")):
+                           (grad_only, grad_sig, "_backward"), (fused_fake, fused_sig, "_fake"),
+                           (loss_fake, loss_sig, "_forward_fake"), (grad_fake, grad_sig, "_backward_fake")):
         f.__signature__ = sig
         f.__name__ = f.__qualname__ = spec.name + suffix
 
@@ -171,6 +212,8 @@ def _define_ops(spec):
     fused_op.register_fake(fused_fake)
     loss_op = torch.library.custom_op(f"fastloss::{spec.name}_forward", loss_only, mutates_args=())
     loss_op.register_fake(loss_fake)
+    grad_op = torch.library.custom_op(f"fastloss::{spec.name}_backward", grad_only, mutates_args=())
+    grad_op.register_fake(grad_fake)
 
     rows = spec.layout != ELEMENTS
 
@@ -178,13 +221,22 @@ def _define_ops(spec):
         ctx.scale_per_row = rows and inputs[2] == "none"
         ctx.set_materialize_grads(False)  # else autograd builds an N x C zeros for the grad output
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1])
+        # half inputs: a half gradient times grad_output would round twice, so a grad_output
+        # other than 1 recomputes the gradient with it folded in (the inputs are kept for that)
+        ctx.half = inputs[0].dtype in _HALF
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in inputs]
+        ctx.args = [None if t else a for t, a in zip(ctx.is_tensor, inputs)] if ctx.half else None
+        ctx.save_for_backward(output[1], *(a for a in inputs if ctx.half and isinstance(a, torch.Tensor)))
 
     def backward(ctx, grad_loss, _grad_of_grad):
         _no_double_backward()
         if grad_loss is None:
             return (None,) * n_inputs
-        (grad,) = ctx.saved_tensors
+        grad, *tensors = ctx.saved_tensors
+        if ctx.half and not _is_one(grad_loss):
+            tensors = iter(tensors)
+            args = [next(tensors) if t else a for t, a in zip(ctx.is_tensor, ctx.args)]
+            return (grad_op(grad_loss, *args),) + (None,) * (n_inputs - 1)
         return (_scaled(grad, grad_loss, ctx.scale_per_row, inplace=False),) + (None,) * (n_inputs - 1)
 
     fused_op.register_autograd(backward, setup_context=setup_context)
@@ -199,13 +251,18 @@ def _no_double_backward():
                            "gradient comes from a fused kernel and has no graph of its own")
 
 
+def _is_one(grad_output):
+    """grad_output is the scalar 1 (known without a device sync; never while compiling)."""
+    return (grad_output.dim() == 0 and grad_output.device.type == "cpu"
+            and not torch.compiler.is_compiling() and grad_output.item() == 1.0)
+
+
 def _scaled(grad, grad_output, per_row, inplace):
     """grad * grad_output (grad_output per item for reduction='none')."""
+    if _is_one(grad_output):
+        return grad  # the usual loss.backward(): nothing to scale, no second N x C pass
     if per_row:
         grad_output = grad_output.unsqueeze(-1)
-    if (grad_output.dim() == 0 and grad_output.device.type == "cpu"
-            and not torch.compiler.is_compiling() and grad_output.item() == 1.0):
-        return grad  # the usual loss.backward(): nothing to scale, no second N x C pass
     return grad.mul_(grad_output) if inplace else grad * grad_output
 
 
@@ -218,8 +275,8 @@ class _InplaceGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, name, reduction, backend, opts):
         spec = SPECS[name]
-        if x.dtype not in _NATIVE or not x.is_contiguous():
-            raise ValueError(f"fastloss.torch: inplace_grad=True needs a float32/float64 input whose "
+        if x.dtype not in _NATIVE + _HALF or not x.is_contiguous():
+            raise ValueError(f"fastloss.torch: inplace_grad=True needs a float input whose "
                              f"class axis is last in memory (contiguous once moved), got dtype "
                              f"{x.dtype}, shape {tuple(x.shape)}, strides {x.stride()}")
         loss, grad = _compute(spec, "loss_and_grad", x, target, reduction, backend, opts, out=x)
