@@ -599,6 +599,103 @@ def _cpu_name():
         return platform.processor()
 
 
+HALF_WORKLOADS = {  # loss -> (full shape, quick shape, the half/float32 speed-up the bench aims for)
+    "softmax_xent": ((4096, 32000), (512, 32000), 1.4),
+    "mse": ((4096, 8192), (1024, 8192), 1.6),
+    "huber": ((4096, 8192), (1024, 8192), 1.6),
+}
+TORCH_HALF_TARGETS = (3.0, 0.8)  # fl.torch bf16 CE: >= 3x F.cross_entropy on bf16, <= 0.8x its float32 time
+
+
+def _half_dtypes():
+    """{name: dtype} of the half types this machine can make arrays of (bfloat16 needs ml_dtypes)."""
+    found = {"float16": np.dtype(np.float16)}
+    if _importable("ml_dtypes"):
+        import ml_dtypes
+        found["bfloat16"] = np.dtype(ml_dtypes.bfloat16)
+    return found
+
+
+def run_half(quick=False, rounds=None):
+    """Half precision beside float32 on each compiled backend (and fastloss.torch beside
+    F.cross_entropy on bfloat16 CPU tensors): the same values in every dtype, timed interleaved
+    in one run; bytes are counted at the element size (2 for half)."""
+    rounds = rounds or (5 if quick else 9)
+    threads = fastloss.get_num_threads()
+    bandwidth = max(copy_bandwidths(threads).values())
+    rng = np.random.default_rng()
+    dtypes = {"float32": np.dtype(np.float32), **_half_dtypes()}
+    backends = [b for b in ("cython", "numba") if available(b)]
+    rows = []
+    for name, (full, small, target) in HALF_WORKLOADS.items():
+        shape = small if quick else full
+        x32, t32 = make_problem(name, shape, np.float32, rng)
+        funcs, nbytes = {}, {}
+        for dn, dt in dtypes.items():
+            x, t = x32.astype(dt), (t32 if t32.dtype.kind != "f" else t32.astype(dt))
+            out, fused = np.empty_like(x), getattr(fastloss, name + "_and_grad")
+            nbytes[dn] = moved_bytes(x, t)
+            for b in backends:
+                funcs[(b, dn)] = lambda x=x, t=t, out=out, b=b: fused(x, t, backend=b, out=out)
+            del x, t
+        times = time_interleaved(funcs, rounds)
+        for (b, dn), sec in times.items():
+            rows.append(dict(loss=name, shape=list(shape), backend=b, dtype=dn, median_s=sec,
+                             pct_copy=100 * nbytes[dn] / sec / 1e9 / bandwidth,
+                             x_float32=times[(b, "float32")] / sec, target=None if dn == "float32" else target))
+        del funcs, x32, t32
+    report = dict(machine=machine_info(threads), copy_gbps=bandwidth, results=rows)
+    if _importable("torch") and "bfloat16" in dtypes:
+        report["torch"] = _torch_half(HALF_WORKLOADS["softmax_xent"][1 if quick else 0], rounds, rng)
+    return report
+
+
+def _torch_half(shape, rounds, rng):
+    """Forward + backward of fastloss.torch.cross_entropy on bfloat16 and float32 CPU tensors, and
+    F.cross_entropy on the same bfloat16 tensors."""
+    import torch
+    import torch.nn.functional as F
+    import fastloss.torch as flt
+    torch.set_num_threads(fastloss.get_num_threads())
+    x32 = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, shape[1], shape[0]))
+    x16 = x32.to(torch.bfloat16)
+
+    def step(fn, x):
+        def run():
+            a = x.detach().requires_grad_()
+            fn(a, y).backward()
+            return a.grad
+        return run
+    times = time_interleaved({"fl.torch bf16": step(flt.cross_entropy, x16),
+                              "F bf16": step(F.cross_entropy, x16),
+                              "fl.torch f32": step(flt.cross_entropy, x32)}, rounds)
+    return dict(shape=list(shape), median_s=times,
+                x_F=times["F bf16"] / times["fl.torch bf16"],
+                of_f32=times["fl.torch bf16"] / times["fl.torch f32"])
+
+
+def format_half(report):
+    lines = [f"half precision: fused *_and_grad(out=), the same values in each dtype, {report['machine']['threads']} "
+             f"threads; copy bandwidth {report['copy_gbps']:.1f} GB/s, bytes at the element size", "",
+             f"{'loss':13s} {'shape':>11s} {'backend':8s} {'dtype':9s} {'median':>11s} {'% copy':>7s} "
+             f"{'vs float32':>10s} {'target':>7s} met"]
+    for r in report["results"]:
+        met = "" if r["target"] is None else ("yes" if r["x_float32"] >= r["target"] else "no")
+        target = "" if r["target"] is None else f">={r['target']:.1f}x"
+        lines.append(f"{r['loss']:13s} {'x'.join(map(str, r['shape'])):>11s} {r['backend']:8s} {r['dtype']:9s} "
+                     f"{_fmt_time(r['median_s'])} {r['pct_copy']:6.0f}% {r['x_float32']:9.2f}x {target:>7s} {met}")
+    if "torch" in report:
+        t = report["torch"]
+        ok = t["x_F"] >= TORCH_HALF_TARGETS[0] and t["of_f32"] <= TORCH_HALF_TARGETS[1]
+        lines += ["", f"fastloss.torch cross_entropy, bfloat16 CPU tensors {'x'.join(map(str, t['shape']))}, "
+                  "forward + backward: " + ", ".join(f"{k} {_fmt_time(v).strip()}" for k, v in t["median_s"].items()),
+                  f"  {t['x_F']:.1f}x F.cross_entropy on bf16 (target >= {TORCH_HALF_TARGETS[0]:.0f}x), "
+                  f"{t['of_f32']:.2f}x its own float32 time (target <= {TORCH_HALF_TARGETS[1]}): "
+                  f"{'met' if ok else 'not met'}"]
+    return "\n".join(lines)
+
+
 def _fmt_time(s):
     return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
 
@@ -680,6 +777,8 @@ def main(argv=None):
                         "common option, cython and numba beside hand-written NumPy, against per-call targets")
     parser.add_argument("--loss", action="append", choices=list(SPECS), help="only these losses")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--half", action="store_true", help="half precision: float16 and bfloat16 beside "
+                        "float32 (softmax_xent, mse, huber; fastloss.torch on bfloat16), against targets")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     parser.add_argument("--startup", action="store_true",
@@ -689,8 +788,8 @@ def main(argv=None):
                         "as a Markdown table, and exit")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
     args = parser.parse_args(argv)
-    if args.small and args.plot:
-        parser.error("--plot draws the full report, not --small")
+    if (args.small or args.half) and args.plot:
+        parser.error("--plot draws the full report, not --small or --half")
     if args.markdown:
         with open(args.markdown) as f:
             print(format_markdown(json.load(f)))
@@ -700,9 +799,15 @@ def main(argv=None):
     if args.small:
         report = run_small(args.rounds)
         print(format_small(report))
+    elif args.half:
+        report = run_half(args.quick, args.rounds)
+        print(format_half(report))
     else:
         report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
         print(format_table(report))
+        if not args.loss:  # the whole report: half precision too
+            report["half"] = run_half(args.quick, args.rounds)
+            print("\n" + format_half(report["half"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
