@@ -28,9 +28,23 @@ Device-only rules (a kernel cannot raise without a host synchronisation):
 * ``grad_output`` may be a device array: of size 1 for ``mean``/``sum`` (e.g. the 0-d gradient
   of an autograd ``backward``), of the unreduced loss's shape for ``none``; it is read on the
   device.
+
+Half precision on the device: an input of float16 or bfloat16 gives results of that dtype (the
+gradient, ``out``, which must have it, the per-item losses and the reduced loss), each rounded
+once on the device from the kernels' float64. A dtype is told by its name, so that no half
+library is needed here: ``float16`` (NumPy/CuPy/Numba arrays, ``torch.float16``) goes to the
+kernels as it is; ``bfloat16`` (a Numba device array of ``ml_dtypes.bfloat16``, e.g.
+``numba.cuda.to_device`` of an ml_dtypes array, or a ``torch.bfloat16`` tensor) goes as a uint16
+view of its bits (:func:`_view`), and the launch's ``bf`` flags say which arrays those are
+(inputs and results, and each of targets, weights and ``grad_output`` that is itself bfloat16
+on the device). A plain uint16 array is an integer array, never bfloat16. Host (NumPy) float
+targets and weights of a half call are rounded to the input's dtype, as on the host road, where
+that dtype is a NumPy one; with a ``torch.bfloat16`` input (no NumPy twin without ml_dtypes) they
+go up as float32. Device targets, weights and ``grad_output`` keep their own dtype, half or not.
 """
 
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,14 +89,27 @@ def _framework(a):
     return "cai"
 
 
+def _dtype_name(dtype):
+    """'float32', 'float16', 'bfloat16', ... for NumPy (ml_dtypes too) and PyTorch dtypes."""
+    return str(dtype).rsplit(".", 1)[-1]  # 'torch.bfloat16' -> 'bfloat16'
+
+
+def _is_bf16(a):
+    return a is not None and _dtype_name(getattr(a, "dtype", None)) == "bfloat16"
+
+
 def _view(a):
-    """A Numba device array over ``a``'s memory: no copy, no synchronisation (we launch on the
-    stream the caller's framework uses)."""
-    if _is_numba_device_array(a):
-        return a
-    if _is_torch_cuda(a) and a.requires_grad:
-        a = a.detach()  # same memory; autograd is the caller's business
-    return cuda.as_cuda_array(a, sync=False)
+    """The Numba device array the kernels take over ``a``'s memory: no copy, no synchronisation
+    (we launch on the stream the caller's framework uses); bfloat16 as its uint16 bits."""
+    bf16 = _is_bf16(a)
+    if not _is_numba_device_array(a):
+        if _is_torch_cuda(a):
+            if a.requires_grad:
+                a = a.detach()  # same memory; autograd is the caller's business
+            if bf16:  # torch's array interface gives bfloat16 as raw bytes ('<V2'): view the bits
+                a = a.view(sys.modules["torch"].int16)
+        a = cuda.as_cuda_array(a, sync=False)
+    return a.view(np.uint16) if bf16 else a
 
 
 class _Device:
@@ -109,17 +136,18 @@ class _Device:
     def empty(self, shape, dtype):
         """(caller-type array, its Numba view), uninitialised: results and scratch come from the
         caller's allocator (PyTorch's/CuPy's pools, stream-ordered), so they are born in the
-        caller's array type and no copy or wrapping is needed."""
+        caller's array type and no copy or wrapping is needed. ``dtype``: a NumPy dtype, or the
+        input's own bfloat16 dtype (ml_dtypes' or torch's); the view then holds its bits."""
+        if self.kind == "torch":
+            torch = sys.modules["torch"]
+            arr = torch.empty(shape, dtype=getattr(torch, _dtype_name(dtype)), device=self.like.device)
+            return arr, _view(arr)
         dtype = np.dtype(dtype)
         if self.kind == "cupy":
             arr = sys.modules["cupy"].empty(shape, dtype=dtype)
             return arr, _view(arr)
-        if self.kind == "torch":
-            torch = sys.modules["torch"]
-            arr = torch.empty(shape, dtype=getattr(torch, dtype.name), device=self.like.device)
-            return arr, _view(arr)
         arr = cuda.device_array(shape, dtype=dtype, stream=self.stream)
-        return arr, arr
+        return arr, _view(arr)
 
     def scratch(self, shape, dtype):
         """The Numba view of a new ``empty`` array, for what only the kernels see."""
@@ -128,6 +156,12 @@ class _Device:
     def upload(self, a):
         """A Numba device array holding host array ``a``."""
         return cuda.to_device(np.ascontiguousarray(a), stream=self.stream)
+
+
+class _Meta(NamedTuple):
+    """Shape and dtype, for the shared checks, of an array whose view shows other bits."""
+    shape: tuple
+    dtype: np.dtype
 
 
 def _contiguous(a, name):
@@ -190,30 +224,40 @@ def _run_host(spec, entry, x, target, reduction, grad_output, out, options):
     if reduction in ("mean", "batchmean"):  # the device divides by the denominator itself
         gscale = 1.0 if entry != "grad" else float(np.asarray(grad_output))
     want_grad = entry != "loss"
+    # a bfloat16 problem holds bits in x, the float targets and the weights (the host road's
+    # contract: every float array in x's dtype); the results are made as bits too. Only arrays
+    # that are there are flagged: each set of flags is a kernel variant of its own
+    bf16 = v.is_bfloat16(p.dtype)
+    bf = 0
+    if bf16:
+        bf = (gpu.BF_X | (gpu.BF_T if p.kind != "classes" else 0)
+              | (gpu.BF_W if p.options.get("weight") is not None else 0)
+              | (gpu.BF_P if p.options.get("pos_weight") is not None else 0))
+    kdtype = np.dtype(np.uint16) if bf16 else p.dtype
     dev = _Device(None)
     x_d = dev.upload(p.x)
     t_d = dev.upload(p.target)
     opts = {k: (dev.upload(val) if k in ("weight", "pos_weight") and val is not None else val)
             for k, val in p.options.items()}
     gs_d = None if p.gscale_arr is None else dev.upload(p.gscale_arr)
-    grad_d = dev.scratch(x_d.shape, p.dtype) if want_grad else None
-    lo_d = dev.scratch(v.size_of(p.item_shape), p.dtype) if (reduction == "none" and entry != "grad") else None
-    res_d = dev.scratch(1, p.dtype) if (reduction != "none" and entry != "grad") else None
-    _launch(spec, p.kind, dev, x_d, t_d, opts, reduction, gscale, gs_d, 1, grad_d, lo_d, res_d, p.shape)
+    grad_d = dev.scratch(x_d.shape, kdtype) if want_grad else None
+    lo_d = dev.scratch(v.size_of(p.item_shape), kdtype) if (reduction == "none" and entry != "grad") else None
+    res_d = dev.scratch(1, kdtype) if (reduction != "none" and entry != "grad") else None
+    _launch(spec, p.kind, dev, x_d, t_d, opts, reduction, gscale, gs_d, 1, grad_d, lo_d, res_d, p.shape, bf)
 
     grad = None
     if want_grad:
         grad = p.out if p.out is not None else np.empty(p.shape, p.dtype)
         if grad.size:
-            grad_d.copy_to_host(grad.reshape(x_d.shape))
+            grad_d.copy_to_host(v.bits(grad).reshape(x_d.shape))
     if entry == "grad":
         return grad
     if reduction == "none":
         value = p.out if (p.out is not None and not want_grad) else np.empty(p.item_shape, p.dtype)
         if value.size:
-            lo_d.copy_to_host(value.reshape(-1))
+            lo_d.copy_to_host(v.bits(value).reshape(-1))
     else:
-        value = p.dtype.type(res_d.copy_to_host()[0])
+        value = res_d.copy_to_host().view(p.dtype)[0]  # already rounded to p.dtype on the device
     return value if entry == "loss" else (value, grad)
 
 
@@ -221,7 +265,13 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     """Device in, device out: the shared shape/dtype/option checks, device arrays checked by
     their metadata only (never read on the host)."""
     x, x_v = _contiguous(x, spec.input_name)
-    dtype = v.compute_dtype(x_v, spec.input_name)
+    # the results' dtype: bfloat16 as the input's own dtype object (x_v holds its bits). Host
+    # float targets and weights take it as on the host road; a torch.bfloat16 input has no
+    # NumPy twin without ml_dtypes: they go up in float32 then
+    bf = gpu.BF_X if _is_bf16(x) else 0
+    dtype = x.dtype if bf else v.compute_dtype(x_v, spec.input_name)
+    host_dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(np.float32)
+    host_bf = (gpu.BF_T | gpu.BF_W | gpu.BF_P) if v.is_bfloat16(host_dtype) else 0  # they go up as bits
     x_shape = tuple(x_v.shape)  # a plain tuple: the simulator's shapes refuse negative indices
     v.check_input_shape(spec, x_shape, spec.input_name)
     dev = _Device(x)
@@ -232,16 +282,24 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     # target: on the device (any real/int dtype; kernels widen on load) or on the host
     t_host = not is_device_array(target)
     t_v = np.asarray(target) if t_host else _contiguous(target, spec.target_name)[1]
-    kind = v.target_kind(spec, x_shape, t_v, spec.target_name)
+    if not t_host and _is_bf16(target):  # a float target, whatever its bits' view says
+        bf |= gpu.BF_T
+        kind = v.target_kind(spec, x_shape, _Meta(tuple(t_v.shape), np.dtype(np.float32)), spec.target_name)
+    else:
+        kind = v.target_kind(spec, x_shape, t_v, spec.target_name)
 
     # options: device arrays are checked here (shape only), the rest by the shared checks
     dev_opts = {k: val for k, val in options.items() if k in ("weight", "pos_weight") and is_device_array(val)}
     opts = v.check_options(spec, {k: (None if k in dev_opts else val) for k, val in options.items()},
-                           x_shape, dtype)
+                           x_shape, host_dtype)
     if t_host:  # host targets are checked as on the CPU backends (no synchronisation needed)
-        t_v = _dispatch.checked_target(spec, kind, t_v, x_shape[-1] if x_shape else 1, dtype, opts,
+        t_v = _dispatch.checked_target(spec, kind, t_v, x_shape[-1] if x_shape else 1, host_dtype, opts,
                                        _dispatch.get_backend("numpy"))[0]
+        if kind != "classes":
+            bf |= host_bf & gpu.BF_T
     for k, val in dev_opts.items():
+        if _is_bf16(val):
+            bf |= gpu.BF_W if k == "weight" else gpu.BF_P
         w_v = _contiguous(val, k)[1]
         v.check_real(spec, k, w_v)
         shape = tuple(w_v.shape)
@@ -259,6 +317,8 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     if entry == "grad" and is_device_array(grad_output):
         gs_v = _contiguous(grad_output, "grad_output")[1]
         v.check_real(spec, "grad_output", gs_v)
+        if _is_bf16(grad_output):
+            bf |= gpu.BF_G
         if gs_v.size == 1:
             gs_stride = 0
         elif reduction != "none" or tuple(gs_v.shape) != tuple(item_shape):
@@ -278,7 +338,11 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
             raise TypeError(f"{spec.name}: out must be a device array for device inputs, got {type(out).__name__}")
         out_v = _view(out)
         what = v.out_role(spec, entry, reduction)
-        v.check_out_form(spec, out_v, out_v.is_c_contiguous(), dtype, x_shape if want_grad else item_shape, what)
+        if _dtype_name(out.dtype) != _dtype_name(dtype):  # by name: bfloat16 views hold uint16
+            raise TypeError(f"{spec.name}: out must have dtype {_dtype_name(dtype)} (the {what}), "
+                            f"got {_dtype_name(out.dtype)}")
+        v.check_out_form(spec, out_v, out_v.is_c_contiguous(), out_v.dtype, x_shape if want_grad else item_shape,
+                         what)
         others = [(spec.target_name, None if t_host else t_v)] + [(k, opts.get(k)) for k in dev_opts]
         if not want_grad or _span(out_v)[0] != _span(x_v)[0]:  # the gradient may overwrite x exactly
             others.append((spec.input_name, x_v))
@@ -294,7 +358,8 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
         if k in dev_opts:
             opts[k] = opts[k].reshape(-1)
         elif opts.get(k) is not None:
-            opts[k] = dev.upload(opts[k])
+            opts[k] = dev.upload(v.bits(opts[k]))
+            bf |= host_bf & (gpu.BF_W if k == "weight" else gpu.BF_P)
 
     grad = grad_v = None
     if want_grad:
@@ -307,26 +372,27 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
         res, res_v = dev.empty((1,), dtype)
     _launch(spec, kind, dev, x_d, t_d, opts, reduction, gscale, gs_v, gs_stride,
             None if grad_v is None else grad_v.reshape(x_d.shape),
-            None if lo_v is None else lo_v.reshape(-1), res_v, x_shape)
+            None if lo_v is None else lo_v.reshape(-1), res_v, x_shape, bf)
     if entry == "grad":
         return grad
     value = loss_arr if reduction == "none" else res.reshape(())
     return value if entry == "loss" else (value, grad)
 
 
-def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gscale_arr, gs_stride, grad, loss_out, result, x_shape):
+def _launch(spec, kind, dev, x, t, opts, reduction, gscale, gscale_arr, gs_stride, grad, loss_out, result, x_shape,
+            bf):
     """dispatch -> kernel: the spec's kernel for targets of ``kind`` on device arrays (``x``
     flattened to (N, C) or (n,)), on ``dev``'s stream; the mean's denominator is applied on the
-    device (a label-weighted one is also reduced there)."""
+    device (a label-weighted one is also reduced there). ``bf``: which arrays hold bfloat16 bits."""
     den = 1.0
     if reduction == "batchmean":
         den = float(x_shape[0]) if x_shape else 1.0
     elif reduction == "mean":
         if kind == "classes" and spec.label_weighted_mean:
             den = gpu.label_weight_denominator(t, x.shape[1], opts["ignore_index"], opts["weight"],
-                                               dev.stream, dev.scratch)
+                                               dev.stream, dev.scratch, bf)
         else:
             den = float(x.shape[0])
     kernel, args = spec.kernel(kind)
     gpu.launch(kernel, x, t, args(opts), grad, gscale, gscale_arr, gs_stride, den, loss_out, result,
-               dev.stream, dev.scratch)
+               dev.stream, dev.scratch, bf)

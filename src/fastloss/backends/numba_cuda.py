@@ -2,7 +2,9 @@
 
 The device road (``fastloss._device``) validates every argument and allocates every result; the
 functions here take its device arrays and plain values, launch on the stream they are given and
-never synchronise with the host.
+never synchronise with the host. Half precision: float16 arrays as they are, bfloat16 ones as
+their uint16 bits, with ``bf`` (a sum of ``BF_X``, ``BF_T``, ``BF_W``, ``BF_P``, ``BF_G``) saying
+which arrays hold such bits (see ``cuda_kernels``).
 """
 
 import warnings
@@ -11,9 +13,10 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import cuda_kernels as k
-from .cuda_kernels import IMPORT_ERROR, SIM, cuda
+from .cuda_kernels import BF_G, BF_P, BF_T, BF_W, BF_X, IMPORT_ERROR, SIM, cuda
 
-__all__ = ["AVAILABLE", "WHY_UNAVAILABLE", "SIM", "cuda", "label_weight_denominator", "launch"]
+__all__ = ["AVAILABLE", "WHY_UNAVAILABLE", "SIM", "cuda", "label_weight_denominator", "launch",
+           "BF_X", "BF_T", "BF_W", "BF_P", "BF_G"]
 
 _HOW = ("install fastloss[cuda] (numba-cuda) and run on an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 "
         "before importing numba to use the simulator")
@@ -53,18 +56,17 @@ def _two_floats(*args):
     return tuple(_f(a) for a in args) + (_f(0.0),) * (2 - len(args))
 
 
-# kernel name (``LossSpec.kernel``) -> (CUDA kernel, its loss-specific arguments made from the
-# backend contract's, in that order; a weight that is None is already an empty array)
-_KERNELS = {
-    "softmax_xent": (k.softmax_xent_kernel, lambda w, ignore_index, eps, z: (w, ignore_index, _f(eps), _f(z))),
-    "softmax_xent_probs": (k.softmax_xent_probs_kernel, lambda w, eps, z: (w, _f(eps), _f(z))),
-    "multiclass_hinge": (k.multiclass_hinge_kernel,
-                         lambda w, margin, squared, crammer_singer: (w, _f(margin), squared, crammer_singer)),
-    "sigmoid_bce": (k.sigmoid_bce_kernel, lambda w, pos_weight: (w, pos_weight)),
-    "cosine_similarity": (k.cosine_similarity_kernel, lambda: ()),
-    **{name: (kernel, _two_floats) for name, kernel in k.ELEMENTWISE.items()},
-    "poisson_nll": (k.ELEMENTWISE["poisson_nll"],
-                    lambda log_input, full, eps: _two_floats(eps, int(bool(log_input)) + 2 * int(bool(full)))),
+# kernel name (``LossSpec.kernel``, also ``cuda_kernels.kernel``'s) -> its loss-specific
+# arguments made from the backend contract's, in that order (a weight that is None is already an
+# empty array)
+_ARGS = {
+    "softmax_xent": lambda w, ignore_index, eps, z: (w, ignore_index, _f(eps), _f(z)),
+    "softmax_xent_probs": lambda w, eps, z: (w, _f(eps), _f(z)),
+    "multiclass_hinge": lambda w, margin, squared, crammer_singer: (w, _f(margin), squared, crammer_singer),
+    "sigmoid_bce": lambda w, pos_weight: (w, pos_weight),
+    "cosine_similarity": lambda: (),
+    **{name: _two_floats for name in k.ELEMENTWISE},
+    "poisson_nll": lambda log_input, full, eps: _two_floats(eps, int(bool(log_input)) + 2 * int(bool(full))),
 }
 
 
@@ -79,22 +81,24 @@ def _quiet():
         yield
 
 
-def label_weight_denominator(labels, n_classes, ignore_index, weight, stream, scratch):
+def label_weight_denominator(labels, n_classes, ignore_index, weight, stream, scratch, bf=0):
     """The label pre-pass: a 1-element float64 device array holding the sum of ``weight[y]`` (1
     each without ``weight``) over the labels in ``[0, n_classes)`` that are not ``ignore_index``,
-    reduced on the device in a fixed order. ``scratch(shape, dtype)`` allocates device arrays."""
+    reduced on the device in a fixed order. ``scratch(shape, dtype)`` allocates device arrays;
+    ``bf & BF_W``: ``weight`` holds bfloat16 bits."""
     empty64 = cuda.device_array(0, np.float64, stream=stream)
     w = weight if weight is not None else empty64
     den = scratch(1, np.float64)
     nb = k.grid(-(-labels.shape[0] // k.TPB))
     parts = scratch(nb, np.float64)
     with _quiet():
-        k.label_weight_kernel[nb, k.TPB, stream](labels, n_classes, ignore_index, w, parts)
+        k.kernel("label_weight", bf & BF_W)[nb, k.TPB, stream](labels, n_classes, ignore_index, w, parts)
         k.finish_kernel[1, k.TPB, stream](parts, empty64, _f(1.0), den)
     return den
 
 
-def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_out, result, stream, scratch):
+def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_out, result, stream, scratch,
+           bf=0):
     """Launch loss kernel ``kernel`` (a name of ``LossSpec.kernel``) on ``stream`` and, when
     ``result`` is given, the final reduction into it.
 
@@ -104,8 +108,9 @@ def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_ou
     device arrays or None. The gradient is d(item loss)/dx times ``gscale``, times
     ``gscale_arr[i * gs_stride]`` when ``gscale_arr`` is given, divided by ``den``: the mean's
     denominator (1 for a sum), a float or ``label_weight_denominator``'s device array, which also
-    divides ``result``. ``scratch(shape, dtype)`` allocates device arrays."""
-    cuda_kernel, kernel_args = _KERNELS[kernel]
+    divides ``result``. ``scratch(shape, dtype)`` allocates device arrays. ``bf``: which arrays
+    hold bfloat16 bits (``BF_X`` for ``x``, ``grad``, ``loss_out`` and ``result``)."""
+    cuda_kernel, kernel_args = k.kernel(kernel, bf), _ARGS[kernel]
     empty = cuda.device_array(0, x.dtype, stream=stream)
     empty64 = cuda.device_array(0, np.float64, stream=stream)
     rows = x.ndim == 2
@@ -127,4 +132,4 @@ def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_ou
     with _quiet():
         cuda_kernel[nb, k.TPB, stream](x, t, *args, grad, _f(gscale), gscale_arr, gs_stride, *tail)
         if result is not None:
-            k.finish_kernel[1, k.TPB, stream](parts, den, _f(den_host), result)
+            k.kernel("finish", bf & BF_X)[1, k.TPB, stream](parts, den, _f(den_host), result)
