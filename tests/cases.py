@@ -81,7 +81,8 @@ def seeded_rng():
     return seed, np.random.default_rng(seed)
 
 
-# FASTLOSS_REQUIRE=cython,numba: those backends must be there; a test that would skip fails (CI)
+# FASTLOSS_REQUIRE=cython,numba: those backends must be there; a test that would skip fails (CI);
+# "ptx" asks the same of the PTX compile check of the CUDA kernels (NVVM, from fastloss[test])
 REQUIRED = frozenset(b.strip() for b in os.environ.get("FASTLOSS_REQUIRE", "").split(",") if b.strip())
 
 
