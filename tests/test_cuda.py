@@ -402,3 +402,18 @@ def test_kernels_compile_for_the_gpu():
             pytest.fail(why)
         pytest.skip(why)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("value, bits", [
+    (1.0, 0x3F80), (-2.5, 0xC020),
+    (1 + 2**-8, 0x3F80),                       # a tie: to even
+    (np.nextafter(1 + 2**-8, 2.0), 0x3F81),    # just past the tie: float32 first would make it one
+    (1 + 3 * 2**-8, 0x3F82),                   # a tie: to even, upwards
+    (1e39, 0x7F80), (-1e39, 0xFF80),           # beyond the range: +-inf
+    (2.0**-133, 0x0001), (2.0**-134, 0x0000), (1.5 * 2.0**-134, 0x0001),  # subnormals kept
+    (float("nan"), 0x7FC0),
+])
+def test_bfloat16_store_rounds_once_to_nearest_even(value, bits):
+    from fastloss.backends.cuda_kernels import _bf16_bits
+    with np.errstate(over="ignore"):  # the simulator's NumPy cast warns where the GPU's does not
+        assert int(_bf16_bits.py_func(np.float64(value))) == bits
