@@ -274,14 +274,202 @@ _log1p_unit = _by_precision("_log1p_unit", _log1pf32_unit, math.log1p,
                             "log(1 + x) for x in [sqrt(1/2) - 1, 1] or NaN (vectorisable for float32).")
 
 
+# --------------------------------------------------------------------------------------------
+# Half precision. Numba's CPU target has no float16 type: the kernels take float16 arrays as
+# int16 arrays of their bits and bfloat16 ones as uint16 arrays of theirs (as the contract
+# passes them), so the element type says which. Values are converted where they are loaded
+# (``_f``: to float32, exact) and stored (``_to``: from float32, rounded once to nearest even,
+# overflow to +-inf, NaN kept, subnormals kept), in LLVM IR that vectorises: float16 through
+# LLVM's half type (vcvtph2ps / vcvtps2ph with F16C), bfloat16 with integer ops (LLVM's bfloat
+# would use avx512_bf16's vcvtneps2bf16, which flushes subnormals to zero).
+# --------------------------------------------------------------------------------------------
+
+_HALF_BITS = (types.int16, types.uint16)  # float16, bfloat16
+
+
+def _computed(t):
+    """The Numba type an element of type t is computed in: float32 for the half types."""
+    return types.float32 if t in _HALF_BITS else t
+
+
+def _ir_shaped(v, elem):
+    """elem, or a vector of elem with as many lanes as the LLVM value v."""
+    return ir.VectorType(elem, v.type.count) if isinstance(v.type, ir.VectorType) else elem
+
+
+def _ir_widen(builder, v, t):
+    """LLVM value(s) v of stored element type t as computed (half bits to float32)."""
+    if t == types.int16:
+        return builder.fpext(builder.bitcast(v, _ir_shaped(v, ir.HalfType())), _ir_shaped(v, ir.FloatType()))
+    if t == types.uint16:  # bfloat16: the high half of a float32
+        w = builder.zext(v, _ir_shaped(v, ir.IntType(32)))
+        return builder.bitcast(builder.shl(w, ir.Constant(w.type, 16)), _ir_shaped(v, ir.FloatType()))
+    return v
+
+
+def _ir_narrow(builder, v, t):
+    """float32 LLVM value(s) v as stored element type t (half bits, rounded to nearest even)."""
+    if t == types.int16:
+        return builder.bitcast(builder.fptrunc(v, _ir_shaped(v, ir.HalfType())), _ir_shaped(v, ir.IntType(16)))
+    if t == types.uint16:  # bfloat16: add just under half an ulp, plus the ulp's parity, and cut
+        b = builder.bitcast(v, _ir_shaped(v, ir.IntType(32)))
+        c = lambda k: ir.Constant(b.type, k)  # noqa: E731
+        hi = builder.lshr(b, c(16))
+        rounded = builder.lshr(builder.add(b, builder.add(c(0x7FFF), builder.and_(hi, c(1)))), c(16))
+        quiet = builder.or_(hi, c(0x40))  # a NaN stays a NaN (its payload may not round to inf)
+        r = builder.select(builder.fcmp_unordered("uno", v, v), quiet, rounded)
+        return builder.trunc(r, _ir_shaped(v, ir.IntType(16)))
+    return v
+
+
+@intrinsic
+def _f(typingctx, v):
+    """An array element as computed: float16 / bfloat16 bits (int16 / uint16) to float32, a
+    float as it is."""
+    if not (isinstance(v, types.Float) or v in _HALF_BITS):
+        return None
+    sig = _computed(v)(v)
+
+    def codegen(context, builder, signature, args):
+        return _ir_widen(builder, args[0], signature.args[0])
+
+    return sig, codegen
+
+
+@intrinsic
+def _to(typingctx, v, a):
+    """The number v as an element of array a: cast for a float array; for a half one, cast to
+    float32 and then rounded once (the float32 kernels' value, rounded)."""
+    if not (isinstance(a, types.Array) and isinstance(v, (types.Float, types.Integer, types.Boolean))):
+        return None
+    et = a.dtype
+    sig = et(v, a)
+
+    def codegen(context, builder, signature, args):
+        f = context.cast(builder, args[0], signature.args[0], _computed(et))
+        return _ir_narrow(builder, f, et)
+
+    return sig, codegen
+
+
+def _is_half(a):
+    """Whether array a holds float16 or bfloat16 bits (a compile-time constant)."""
+    return a.dtype in (np.int16, np.uint16)
+
+
+@overload(_is_half)
+def _ol_is_half(a):
+    half = a.dtype in _HALF_BITS
+    return lambda a: half
+
+
+def _scratch(shape, a):
+    """np.empty(shape) of the type a's elements are computed in."""
+    return np.empty(shape, np.float32 if _is_half(a) else a.dtype)
+
+
+@overload(_scratch)
+def _ol_scratch(shape, a):
+    dt = np.float32 if _computed(a.dtype) == types.float32 else np.float64
+    return lambda shape, a: np.empty(shape, dt)
+
+
+# Chunks of half items staged through float32 scratch: the item loops then run as for float32,
+# and each conversion in a loop of its own, at full vector width (inside loops whose float64
+# math vectorises 4 wide, the conversions cost more than the items). A float array is used
+# in place: no staging, no copy.
+
+
+def _half_scratch(a, n):
+    """n float32 items of scratch for a half array a; for a float array an empty view of a (no
+    allocation: float arrays are never staged)."""
+
+
+@overload(_half_scratch)
+def _ol_half_scratch(a, n):
+    if a.dtype in _HALF_BITS:
+        return lambda a, n: np.empty(n, np.float32)
+    return lambda a, n: a[:0]
+
+
+def _staged(a, buf):
+    """The array a's items are read from or written to: a itself, or buf for a half array
+    (filled and emptied chunk by chunk, by _stage_in and _stage_out)."""
+
+
+@overload(_staged)
+def _ol_staged(a, buf):
+    if a.dtype in _HALF_BITS:
+        return lambda a, buf: buf
+    return lambda a, buf: a
+
+
+def _stage_base(a, lo):
+    """Index of a's item lo in _staged(a, buf): lo, or 0 for a half array."""
+
+
+@overload(_stage_base)
+def _ol_stage_base(a, lo):
+    if a.dtype in _HALF_BITS:
+        return lambda a, lo: np.uint64(0)
+    return lambda a, lo: np.uint64(lo)
+
+
+def _stage_loop(context, builder, src_ty, src, src_lo, dst_ty, dst, dst_lo, n, convert):
+    """IR of dst[dst_lo + k] = convert(src[src_lo + k]) for 0 <= k < n (1-D C arrays; the
+    loop is emitted in the caller, where LLVM vectorises it)."""
+    s_ary = context.make_array(src_ty)(context, builder, src)
+    d_ary = context.make_array(dst_ty)(context, builder, dst)
+    with cgutils.for_range(builder, n) as loop:
+        k = loop.index
+        v = builder.load(builder.gep(s_ary.data, [builder.add(src_lo, k)]))
+        builder.store(convert(v), builder.gep(d_ary.data, [builder.add(dst_lo, k)]))
+
+
+@intrinsic
+def _stage_in(typingctx, a, lo, n, buf):
+    """For a half array a: buf[:n] = a[lo:lo + n], widened. Nothing for a float array."""
+    if not (isinstance(a, types.Array) and isinstance(buf, types.Array)):
+        return None
+    sig = types.void(a, lo, n, buf)
+
+    def codegen(context, builder, signature, args):
+        if a.dtype in _HALF_BITS:
+            lo_, n_ = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2))
+            _stage_loop(context, builder, a, args[0], lo_, buf, args[3], ir.Constant(lo_.type, 0), n_,
+                        lambda v: _ir_widen(builder, v, a.dtype))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _stage_out(typingctx, buf, a, lo, n):
+    """For a non-empty half array a: a[lo:lo + n] = buf[:n], rounded once. Nothing otherwise."""
+    if not (isinstance(a, types.Array) and isinstance(buf, types.Array)):
+        return None
+    sig = types.void(buf, a, lo, n)
+
+    def codegen(context, builder, signature, args):
+        if a.dtype in _HALF_BITS:
+            lo_, n_ = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (2, 3))
+            size = builder.extract_value(context.make_array(a)(context, builder, args[1]).shape, 0)
+            with builder.if_then(builder.icmp_signed(">", size, ir.Constant(size.type, 0))):
+                _stage_loop(context, builder, buf, args[0], ir.Constant(lo_.type, 0), a, args[1], lo_, n_,
+                            lambda v: _ir_narrow(builder, v, a.dtype))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _like(v, a):
-    """v converted to the float type of a (an array or a scalar)."""
-    return np.asarray(a).dtype.type(v)
+    """v converted to the float type a is computed in (a: an array or a scalar)."""
+    return (np.float32 if _is_half(np.asarray(a)) else np.asarray(a).dtype.type)(v)
 
 
 @overload(_like)
 def _ol_like(v, a):
-    if (a.dtype if isinstance(a, types.Array) else a) == types.float32:
+    if _computed(a.dtype if isinstance(a, types.Array) else a) == types.float32:
         return lambda v, a: np.float32(v)
     return lambda v, a: np.float64(v)
 
@@ -339,14 +527,14 @@ def _lanes16(typingctx, a, j0, j1, op):
     """16 lanes over a[j0:j0 + 16 k] (j1 - j0 a multiple of 16) as a 16-tuple:
     op 0: lane-wise max ('v if v > m else m', NaN skipped) starting from a[j0] in every lane;
     op 1: lane-wise sum starting from 0.
-    Four independent 16-lane accumulators take the 64-item steps (64 loads in flight instead of
+    A half array's items are widened to float32 as they are loaded. Four independent 16-lane accumulators take the 64-item steps (64 loads in flight instead of
     16: the reduction is no longer latency-bound), the rest goes to the first; they are then
     combined lane-wise, (acc0 op acc1) op (acc2 op acc3). The order depends on j0, j1 only."""
     if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
-            and isinstance(a.dtype, types.Float) and isinstance(op, types.IntegerLiteral)):
+            and _computed(a.dtype) in (types.float32, types.float64) and isinstance(op, types.IntegerLiteral)):
         return None
     kind = op.literal_value
-    rt = types.UniTuple(a.dtype, 16)
+    rt = types.UniTuple(_computed(a.dtype), 16)
     sig = rt(a, j0, j1, op)
 
     def codegen(context, builder, signature, args):
@@ -355,12 +543,12 @@ def _lanes16(typingctx, a, j0, j1, op):
         i64 = ir.IntType(64)
         lo = context.cast(builder, args[1], signature.args[1], types.intp)
         hi = context.cast(builder, args[2], signature.args[2], types.intp)
-        et = context.get_data_type(aryty.dtype)
-        vt = ir.VectorType(et, 16)
+        st = context.get_data_type(aryty.dtype)  # stored
+        vt = ir.VectorType(context.get_data_type(_computed(aryty.dtype)), 16)
         align = aryty.dtype.bitwidth // 8
         init = cgutils.get_null_value(vt)
         if kind == 0:
-            first = builder.load(builder.gep(ary.data, [lo]))
+            first = _ir_widen(builder, builder.load(builder.gep(ary.data, [lo])), aryty.dtype)
             for k in range(16):
                 init = builder.insert_element(init, first, ir.Constant(ir.IntType(32), k))
 
@@ -371,7 +559,8 @@ def _lanes16(typingctx, a, j0, j1, op):
 
         def load(j, d):
             ptr = builder.gep(ary.data, [builder.add(j, ir.Constant(i64, d))])
-            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=align)
+            v = builder.load(builder.bitcast(ptr, ir.VectorType(st, 16).as_pointer()), align=align)
+            return _ir_widen(builder, v, aryty.dtype)
 
         accs = [cgutils.alloca_once(builder, vt) for _ in range(4)]
         for acc in accs:
@@ -435,10 +624,11 @@ def _scale_into(typingctx, src, dst, a, c, w, has_w, stream):
     """dst[j] = src[j] * a - c * w[j] (c alone without weights) for every j of dst, src[j] and
     w[j] read before dst[j] is written (src may be dst). stream: streaming stores (no read for
     ownership, no cache pollution) for the 64-byte aligned vector body; the caller issues
-    _sfence() before other threads may read dst."""
+    _sfence() before other threads may read dst. A half dst (and w) holds float16/bfloat16
+    bits: src, a and c are then float32, w is widened as loaded and the result rounded once."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.layout == "C"
-            and dst.layout == "C" and src.dtype == dst.dtype and isinstance(w, types.Array)
-            and w.dtype == dst.dtype and w.layout == "C" and a == c == dst.dtype):
+            and dst.layout == "C" and src.dtype == _computed(dst.dtype) and isinstance(w, types.Array)
+            and w.dtype == dst.dtype and w.layout == "C" and a == c == src.dtype):
         return None
     sig = types.void(src, dst, a, c, w, has_w, stream)
 
@@ -451,10 +641,12 @@ def _scale_into(typingctx, src, dst, a, c, w, has_w, stream):
         has_w = context.cast(builder, args[5], signature.args[5], types.boolean)
         stream = context.cast(builder, args[6], signature.args[6], types.boolean)
         i64 = ir.IntType(64)
-        size = aryty.dtype.bitwidth // 8
+        size = aryty.dtype.bitwidth // 8  # of dst and w
+        src_size = src.dtype.bitwidth // 8
         lanes = 64 // size
-        et = context.get_data_type(aryty.dtype)
+        et = context.get_data_type(src.dtype)  # computed in
         vt = ir.VectorType(et, lanes)
+        dt = context.get_data_type(aryty.dtype)  # stored
         n = builder.extract_value(d_ary.shape, 0)
         addr = builder.ptrtoint(d_ary.data, i64)
         head = builder.udiv(builder.and_(builder.neg(addr), ir.Constant(i64, 63)), ir.Constant(i64, size))
@@ -471,25 +663,27 @@ def _scale_into(typingctx, src, dst, a, c, w, has_w, stream):
                 r = builder.insert_element(r, v, ir.Constant(ir.IntType(32), k))
             return r
 
-        def value(j, weighted, ty, av, cv):
+        def value(j, weighted, n, av, cv):
+            """dst[j:j + n] (a vector if n > 1), as stored."""
             p = builder.gep(s_ary.data, [j])
-            x = builder.load(builder.bitcast(p, ty.as_pointer()), align=size)
+            x = builder.load(builder.bitcast(p, (ir.VectorType(et, n) if n > 1 else et).as_pointer()), align=src_size)
             r = builder.fmul(x, av)
             if weighted:
                 p = builder.gep(w_ary.data, [j])
-                cv = builder.fmul(cv, builder.load(builder.bitcast(p, ty.as_pointer()), align=size))
-            return builder.fsub(r, cv)
+                wv = builder.load(builder.bitcast(p, (ir.VectorType(dt, n) if n > 1 else dt).as_pointer()), align=size)
+                cv = builder.fmul(cv, _ir_widen(builder, wv, aryty.dtype))
+            return _ir_narrow(builder, builder.fsub(r, cv), aryty.dtype)
 
         def scalar_loop(lo, hi, weighted):
             with cgutils.for_range_slice(builder, lo, hi, ir.Constant(i64, 1), intp=i64) as (j, _):
-                builder.store(value(j, weighted, et, av, cv), builder.gep(d_ary.data, [j]), align=size)
+                builder.store(value(j, weighted, 1, av, cv), builder.gep(d_ary.data, [j]), align=size)
 
         def emit(weighted, streaming):
             scalar_loop(ir.Constant(i64, 0), head, weighted)
             avv, cvv = splat(av), splat(cv)
             with cgutils.for_range_slice(builder, head, body, ir.Constant(i64, lanes), intp=i64) as (j, _):
-                ptr = builder.bitcast(builder.gep(d_ary.data, [j]), vt.as_pointer())
-                st = builder.store(value(j, weighted, vt, avv, cvv), ptr, align=64)
+                ptr = builder.bitcast(builder.gep(d_ary.data, [j]), ir.VectorType(dt, lanes).as_pointer())
+                st = builder.store(value(j, weighted, lanes, avv, cvv), ptr, align=64)
                 if streaming:
                     st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
             scalar_loop(body, n, weighted)
@@ -528,7 +722,7 @@ def row_max(x):
     m = _lanes16(x, 0, n16, 0)  # every lane starts at x[0] (n >= 1)
     m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15 = m
     for j in range(n16, n):
-        v = x[j]
+        v = _f(x[j])
         m0 = v if v > m0 else m0
     m0 = m1 if m1 > m0 else m0
     m2 = m3 if m3 > m2 else m2
@@ -555,9 +749,11 @@ def _dots3(typingctx, x, t, j0, j1):
     """(sum x_j**2, sum t_j**2, sum x_j t_j) over j0 <= j < j1, in float64 (float32 products
     are exact there) over 16 fixed lanes, as explicit LLVM vectors: lane k takes the items
     j0 + k, j0 + k + 16, ... (fused multiply-adds), the lanes are then added in a fixed halving
-    tree and the last (j1 - j0) % 16 items in order. The order depends on j0, j1 only."""
+    tree and the last (j1 - j0) % 16 items in order. The order depends on j0, j1 only. Half
+    arrays are widened as loaded."""
     if not (isinstance(x, types.Array) and isinstance(t, types.Array) and x.ndim == t.ndim == 1
-            and x.layout == t.layout == "C" and x.dtype == t.dtype and isinstance(x.dtype, types.Float)):
+            and x.layout == t.layout == "C" and x.dtype == t.dtype
+            and _computed(x.dtype) in (types.float32, types.float64)):
         return None
     sig = types.UniTuple(types.float64, 3)(x, t, j0, j1)
 
@@ -567,7 +763,7 @@ def _dots3(typingctx, x, t, j0, j1):
         lo = context.cast(builder, args[2], signature.args[2], types.intp)
         hi = context.cast(builder, args[3], signature.args[3], types.intp)
         i64, i32 = ir.IntType(64), ir.IntType(32)
-        et, f64 = context.get_data_type(aryty.dtype), ir.DoubleType()
+        et, f64 = context.get_data_type(aryty.dtype), ir.DoubleType()  # et: as stored
         lanes = 16
         vin, vd = ir.VectorType(et, lanes), ir.VectorType(f64, lanes)
         align = aryty.dtype.bitwidth // 8
@@ -578,8 +774,8 @@ def _dots3(typingctx, x, t, j0, j1):
             ptr = builder.gep(ary.data, [j])
             if ty is not et:
                 ptr = builder.bitcast(ptr, ty.as_pointer())
-            v = builder.load(ptr, align=align)
-            if et != f64:
+            v = _ir_widen(builder, builder.load(ptr, align=align), aryty.dtype)
+            if v.type != f64 and v.type != vd:
                 v = builder.fpext(v, vd if ty is vin else f64)
             return v
 
@@ -638,11 +834,11 @@ def _exp_into(src, dst, j0, j1, shift, finite):
     if finite:
         for jj in range(j0, j1):
             j = np.uint64(jj)
-            dst[j] = _exp_nonpos(src[j] - shift)
+            dst[j] = _exp_nonpos(_f(src[j]) - shift)
     else:
         for jj in range(j0, j1):
             j = np.uint64(jj)
-            dst[j] = fexp(src[j] - shift)
+            dst[j] = fexp(_f(src[j]) - shift)
 
 
 def _scale_row(src, dst, a, c, w, has_w, stream):
@@ -657,7 +853,7 @@ def _ol_scale_row(src, dst, a, c, w, has_w, stream):
 
     def impl(src, dst, a, c, w, has_w, stream):
         for j in range(dst.shape[0]):
-            dst[j] = src[j] * a - c * w[j] if has_w else src[j] * a - c
+            dst[j] = _to(src[j] * a - c * _f(w[j]) if has_w else src[j] * a - c, dst)
     return impl
 
 
@@ -700,7 +896,7 @@ def _exp_shift_sum(x, shift, g, write_g, finite, nxt):
         if pf:
             _prefetch_l2(nxt, n - 1)  # the row's last line when it is not line-aligned
     elif n > 64:
-        buf = np.empty(min(n, _CHUNK), x.dtype)
+        buf = _scratch(min(n, _CHUNK), x)
         for j0 in range(0, n, _CHUNK):
             j1 = min(j0 + _CHUNK, n)
             if pf:
@@ -715,12 +911,12 @@ def _exp_shift_sum(x, shift, g, write_g, finite, nxt):
         n4 = n - n % 4
         c0 = c1 = c2 = c3 = z
         for j in range(0, n4, 4):
-            c0 += fexp(x[j] - shift)
-            c1 += fexp(x[j + 1] - shift)
-            c2 += fexp(x[j + 2] - shift)
-            c3 += fexp(x[j + 3] - shift)
+            c0 += fexp(_f(x[j]) - shift)
+            c1 += fexp(_f(x[j + 1]) - shift)
+            c2 += fexp(_f(x[j + 2]) - shift)
+            c3 += fexp(_f(x[j + 3]) - shift)
         for j in range(n4, n):
-            c0 += fexp(x[j] - shift)
+            c0 += fexp(_f(x[j]) - shift)
         s = np.float64((c0 + c1) + (c2 + c3))
     return s
 
@@ -729,9 +925,9 @@ def _exp_shift_sum(x, shift, g, write_g, finite, nxt):
 def _wx(x, w, j, has_w):
     """w_j x_j in float64 (x_j alone without weights); 0 where w_j == 0, even if x_j = -inf."""
     if has_w:
-        wj = np.float64(w[j])
-        return wj * np.float64(x[j]) if wj != 0.0 else 0.0
-    return np.float64(x[j])
+        wj = np.float64(_f(w[j]))
+        return wj * np.float64(_f(x[j])) if wj != 0.0 else 0.0
+    return np.float64(_f(x[j]))
 
 
 @njit(**_HELPER)
@@ -778,21 +974,34 @@ def _xent_grad_y(ey, a, c, wy, gscale, eps):
     return ey * a - c * wy - gscale * (1.0 - eps) * wy
 
 
+def _exps_to(buf, g):
+    """Where a row's exponentials go: the scratch row ``buf`` if it is not empty or ``g`` holds
+    half bits (``buf`` then has the row's length), else the gradient row ``g``."""
+
+
+@overload(_exps_to)
+def _ol_exps_to(buf, g):
+    if buf.dtype != g.dtype:  # half g: only buf can hold float32 exps
+        return lambda buf, g: buf
+    return lambda buf, g: buf if buf.shape[0] > 0 else g
+
+
 @njit(**_HELPER)
 def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, stream):
-    """softmax_xent_row with a scratch row ``buf`` (len C, or empty: the exps go to ``g``),
-    the next row ``nxt`` to prefetch (or empty) and streaming gradient stores (``stream``)."""
+    """softmax_xent_row with a scratch row ``buf`` (len C, or empty: the exps go to ``g``; len
+    C for half rows), the next row ``nxt`` to prefetch (or empty) and streaming gradient stores
+    (``stream``)."""
     n = x.shape[0]
     has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
     # --- read everything first (g may alias x)
     m = row_max(x)
-    xy = np.float64(x[y])
-    wy = np.float64(w[y]) if has_w else 1.0
+    xy = np.float64(_f(x[y]))
+    wy = np.float64(_f(w[y])) if has_w else 1.0
     sx = _weighted_row_sum(x, w, has_w) if eps != 0.0 else 0.0
     finite = abs(m) < np.inf
     shift = m if m > -np.inf else _like(0.0, x)  # +inf max: NaN row, as PyTorch
-    e = buf if buf.shape[0] > 0 else g  # where the exps go
+    e = _exps_to(buf, g)
     s = _exp_shift_sum(x, shift, e, write_g, finite, nxt)
     lse = np.float64(shift) + math.log(s)
     inv_c = 1.0 / n
@@ -802,7 +1011,7 @@ def _softmax_xent_row(x, y, w, w_sum, eps, z, g, gscale, buf, nxt, stream):
         c = gscale * eps * inv_c
         ey = np.float64(e[y])
         _scale_row(e, g, _like(a, x), _like(c, x), w, has_w and eps != 0.0, stream)
-        g[y] = _xent_grad_y(ey, a, c, wy, gscale, eps)
+        g[y] = _to(_xent_grad_y(ey, a, c, wy, gscale, eps), g)
     return loss
 
 
@@ -827,6 +1036,12 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
     t' = (1-eps) t + eps/C, r = sum_c w_c t'_c; returns sum_c w_c t'_c (lse - x_c) (a term with
     w_c t'_c == 0 counts 0, even where x_c = -inf) + z r lse**2 and, when ``g`` is non-empty,
     writes gscale * [p_j (r + 2 z r lse) - w_j t'_j] into it (``g`` may be ``x``)."""
+    return _softmax_xent_probs_row(x, t, w, eps, z, g, gscale, g[:0])
+
+
+@njit(**_HELPER)
+def _softmax_xent_probs_row(x, t, w, eps, z, g, gscale, buf):
+    """softmax_xent_probs_row with a scratch row ``buf`` for the exps (as _softmax_xent_row's)."""
     n = x.shape[0]
     has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
@@ -840,12 +1055,13 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
     r = 0.0
     q = 0.0  # sum_j a_j (shift - x_j) >= 0: no cancellation against r * log(s)
     for j in range(n):
-        tj = keep * np.float64(t[j]) + add
+        tj = keep * np.float64(_f(t[j])) + add
         if has_w:
-            tj *= np.float64(w[j])
+            tj *= np.float64(_f(w[j]))
         r += tj
-        q += tj * (shift64 - np.float64(x[j])) if tj != 0.0 else 0.0
-    s = _exp_shift_sum(x, shift, g, write_g, finite, x[:0])
+        q += tj * (shift64 - np.float64(_f(x[j]))) if tj != 0.0 else 0.0
+    e = _exps_to(buf, g)
+    s = _exp_shift_sum(x, shift, e, write_g, finite, x[:0])
     lse = shift64 + math.log(s)
     loss = r * math.log(s) + q
     if z != 0.0:
@@ -854,11 +1070,11 @@ def softmax_xent_probs_row(x, t, w, eps, z, g, gscale):
         a = gscale * r / s
         az = gscale * 2.0 * z * r * lse / s if z != 0.0 else 0.0
         for j in range(n):
-            tj = keep * np.float64(t[j]) + add
+            tj = keep * np.float64(_f(t[j])) + add
             if has_w:
-                tj *= np.float64(w[j])
-            e = np.float64(g[j])
-            g[j] = (e * a - gscale * tj) + e * az  # p r - a_j first: exact where p = t
+                tj *= np.float64(_f(w[j]))
+            ej = np.float64(e[j])
+            g[j] = _to((ej * a - gscale * tj) + ej * az, g)  # p r - a_j first: exact where p = t
     return loss
 
 
@@ -872,14 +1088,14 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
     n = x.shape[0]
     has_w = w.shape[0] > 0
     write_g = g.shape[0] > 0
-    wy = np.float64(w[y]) if has_w else 1.0
-    xy = np.float64(x[y])
+    wy = np.float64(_f(w[y])) if has_w else 1.0
+    xy = np.float64(_f(x[y]))
     if not crammer_singer:
         f = wy / n
         loss = 0.0
         dsum = 0.0
         for j in range(n):
-            zj = margin - xy + np.float64(x[j])
+            zj = margin - xy + np.float64(_f(x[j]))
             h = zj if not zj <= 0.0 else 0.0  # NaN stays NaN
             d = 0.0
             if j != y:
@@ -891,15 +1107,15 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
                     d = f * gscale if zj > 0.0 else 0.0
                 dsum += d
             if write_g:
-                g[j] = d
+                g[j] = _to(d, g)
         if write_g:
-            g[y] = -dsum
+            g[y] = _to(-dsum, g)
         return loss * f
     best = -np.inf
     jb = -1
     nan = False
     for j in range(n):
-        v = np.float64(x[j])
+        v = np.float64(_f(x[j]))
         if j != y:
             if v > best:
                 best = v
@@ -916,10 +1132,10 @@ def multiclass_hinge_row(x, y, w, margin, squared, crammer_singer, g, gscale):
         d = wy * gscale if zz > 0.0 else 0.0
     if write_g:
         for j in range(n):
-            g[j] = 0.0
+            g[j] = _to(0.0, g)
         if jb >= 0:
-            g[jb] = d
-            g[y] = -d
+            g[jb] = _to(d, g)
+            g[y] = _to(-d, g)
     return loss
 
 
@@ -1060,7 +1276,7 @@ def _cosine_grad_into(src, t, g, nn, coef, gscale):
     """g_j = gscale (-t_j / nn - coef src_j) in float64, rounded once (src may be g)."""
     for jj in range(g.shape[0]):
         j = np.uint64(jj)
-        g[j] = _like(_cosine_similarity_grad(src[j], t[j], nn, coef) * gscale, g)
+        g[j] = _to(_cosine_similarity_grad(_f(src[j]), _f(t[j]), nn, coef) * gscale, g)
 
 
 @njit(**_HELPER)

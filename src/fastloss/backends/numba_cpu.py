@@ -11,6 +11,11 @@ Every kernel of the contract (``fastloss.backends``) is a thin Python wrapper th
   thread count), each block by one call of the same compiled block function, then adds the block
   sums in order: loss and gradient are bitwise identical for any thread count.
 
+Half precision: float16 arrays go to the kernels as int16 views of their bits (Numba's CPU
+target has no float16), bfloat16 ones as the uint16 arrays they come as; the kernels convert
+elements as they load and store them (``_numba_math._f``, ``_to``) and compute in float32 as for
+float32, each kernel compiling once more per half type.
+
 The formulas live in ``_numba_math`` (reusable from users' own ``@njit`` code). Numba compiles
 lazily, on the first call of each kernel with each dtype, never at import. ``FASTLOSS_NUMBA_CACHE=1``
 turns on Numba's on-disk cache (off by default: cache + parallel has segfaulted, numba #4807).
@@ -59,10 +64,14 @@ _MAX_THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 BUILD_INFO = {"numba": numba.__version__, "cache": _CACHE, "max_threads": _MAX_THREADS}
 
-# Empty stand-ins for None, per dtype: 1-D for vectors, (1, 0) for a 2-D gradient (its row 0 is
-# an empty row, the "no gradient" signal of the row helpers).
-_E1 = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}
-_E2 = {4: np.empty((1, 0), np.float32), 8: np.empty((1, 0), np.float64)}
+# The dtypes the kernels take: float16 as int16 bits, bfloat16 as uint16 bits (see above)
+_F16 = np.dtype(np.float16)
+_KERNEL_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.int16, np.uint16))
+
+# Empty stand-ins for None, per kernel dtype: 1-D for vectors, (1, 0) for a 2-D gradient (its
+# row 0 is an empty row, the "no gradient" signal of the row helpers).
+_E1 = {dt: np.empty(0, dt) for dt in _KERNEL_DTYPES}
+_E2 = {dt: np.empty((1, 0), dt) for dt in _KERNEL_DTYPES}
 
 
 def _readonly(a):
@@ -75,20 +84,36 @@ def _readonly(a):
 # compilations (one specialisation serves both) and the empty stand-ins match them. The outputs
 # (grad, loss_out) stay writeable. ``grad`` may still be ``x``: the kernels detect that through
 # the data pointers, which views share.
-_R1 = {4: _readonly(np.empty(0, np.float32)), 8: _readonly(np.empty(0, np.float64))}
+_R1 = {dt: _readonly(np.empty(0, dt)) for dt in _KERNEL_DTYPES}
 _R64 = _readonly(np.empty(0, np.float64))
 
 
+def _kdt(x):
+    """The dtype the kernels take x's values in."""
+    return np.dtype(np.int16) if x.dtype == _F16 else x.dtype
+
+
 def _ro(a):
-    """a as a read-only array (a view of it if it is writeable)."""
-    if a.flags.writeable:
+    """a as a read-only array (a view of it if it is writeable), float16 as its int16 bits."""
+    if a.dtype == _F16:
+        a = a.view(np.int16)
+    elif not a.flags.writeable:
+        return a
+    else:
         a = a.view()
-        a.flags.writeable = False
+    a.flags.writeable = False
     return a
 
 
 def _ro_or(a, empty):
     return empty if a is None else _ro(a)
+
+
+def _out(a, empty):
+    """An output as the kernels take it: ``empty`` for None, float16 as its int16 bits."""
+    if a is None:
+        return empty
+    return a.view(np.int16) if a.dtype == _F16 else a
 
 # ---------------------------------------------------------------------------------------------
 # Threads
@@ -194,8 +219,9 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
     has_lo = loss_out.shape[0] > 0
     # stream (long rows, large gradient): the exps go to a scratch row that stays in cache, the
     # gradient is written once with streaming stores, and the next row of the block is
-    # prefetched while this one's exps run. Otherwise the exps go to the gradient row.
-    buf = np.empty(n_classes if stream and write_g else 0, x.dtype)
+    # prefetched while this one's exps run. Otherwise the exps go to the gradient row (not for
+    # half rows: they go to the scratch row, which keeps them in float32).
+    buf = fm._scratch(n_classes if write_g and (stream or fm._is_half(x)) else 0, x)
     none = x[lo, :0]
     acc = 0.0
     for i in range(lo, hi):
@@ -204,17 +230,17 @@ def _softmax_xent_block(x, labels, w, w_sum, ignore_index, eps, z, g, gscale, gs
         if y == ignore_index:
             loss = 0.0
             for j in range(gi.shape[0]):
-                gi[j] = 0.0
+                gi[j] = fm._to(0.0, gi)
         elif y < 0 or y >= n_classes:  # never trusted for memory safety
             loss = np.nan
             for j in range(gi.shape[0]):
-                gi[j] = np.nan
+                gi[j] = fm._to(np.nan, gi)
         else:
             gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
             loss = fm._softmax_xent_row(x[i], y, w, w_sum, eps, z, gi, gs, buf,
                                         x[i + 1] if stream and i + 1 < hi else none, stream)
         if has_lo:
-            loss_out[i] = loss
+            loss_out[i] = fm._to(loss, loss_out)
         acc += loss
     if stream:
         fm._sfence()
@@ -239,11 +265,11 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
     has_gscale_arr = gscale_arr.shape[0] > 0
     has_lo = loss_out.shape[0] > 0
     inv_c = 1.0 / n_classes
-    t = np.empty((n_classes, _LANES), x.dtype)  # the rows, then their exps, then the gradient
+    t = fm._scratch((n_classes, _LANES), x)  # the rows, then their exps, then the gradient
     nl = t.shape[1]
-    shift = np.empty(nl, x.dtype)
-    a_f = np.empty(nl, x.dtype)
-    c_f = np.empty(nl, x.dtype)
+    shift = fm._scratch(nl, x)
+    a_f = fm._scratch(nl, x)
+    c_f = fm._scratch(nl, x)
     yl = np.empty(nl, np.int64)  # the labels (ignore_index past the block's end)
     yc = np.zeros(nl, np.int64)  # the label, or 0 where the row has none
     ok = np.zeros(nl, np.bool_)
@@ -257,11 +283,11 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
         if n_rows == nl:  # the common case: a plain strided loop (min() in it costs 20 %)
             for c in range(n_classes):
                 for l in range(nl):
-                    t[c, l] = x[r0 + l, c]
+                    t[c, l] = fm._f(x[r0 + l, c])
         else:
             for c in range(n_classes):  # lanes past the block's end repeat its last row, never stored
                 for l in range(nl):
-                    t[c, l] = x[r0 + min(l, n_rows - 1), c]
+                    t[c, l] = fm._f(x[r0 + min(l, n_rows - 1), c])
         for l in range(nl):
             yl[l] = labels[r0 + l] if l < n_rows else ignore_index
         n_bad = 0
@@ -276,7 +302,7 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
         for l in range(nl):
             xy[l] = t[yc[l], l]
         for l in range(nl):
-            wy[l] = w[yc[l]] if has_w else 1.0
+            wy[l] = fm._f(w[yc[l]]) if has_w else 1.0
         for l in range(nl):
             shift[l] = -np.inf
         for c in range(n_classes):
@@ -289,7 +315,7 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
             for l in range(nl):
                 sx[l] = 0.0
             for c in range(n_classes):
-                wc = np.float64(w[c]) if has_w else 1.0
+                wc = np.float64(fm._f(w[c])) if has_w else 1.0
                 for l in range(nl):
                     sx[l] += wc * t[c, l] if wc != 0.0 else 0.0
         for l in range(nl):
@@ -322,10 +348,10 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
             acc[l] += loss[l]  # 0 past the block's end
         if has_lo:
             for l in range(n_rows):
-                loss_out[r0 + l] = loss[l]
+                loss_out[r0 + l] = fm._to(loss[l], loss_out)
         if write_g:
             for c in range(n_classes):
-                wc = w[c] if has_w and eps != 0.0 else x.dtype.type(1.0)
+                wc = fm._f(w[c]) if has_w and eps != 0.0 else fm._like(1.0, x)
                 for l in range(nl):
                     t[c, l] = t[c, l] * a_f[l] - c_f[l] * wc
             for l in range(nl):
@@ -337,7 +363,7 @@ def _softmax_xent_lanes_block(x, labels, w, w_sum, ignore_index, eps, z, g, gsca
                             t[c, l] = fill[l]
             for c in range(n_classes):
                 for l in range(n_rows):
-                    g[r0 + l, c] = t[c, l]
+                    g[r0 + l, c] = fm._to(t[c, l], g)
     total = 0.0
     for l in range(nl):
         total += acc[l]
@@ -354,7 +380,7 @@ def _make_softmax_xent(block):
         w_sum = 0.0
         if w.shape[0] > 0:
             for j in range(w.shape[0]):
-                w_sum += w[j]
+                w_sum += fm._f(w[j])
         else:
             w_sum = float(x.shape[1])
         sums = np.empty(n_blocks)
@@ -371,12 +397,12 @@ _SOFTMAX_XENT = {False: _make_softmax_xent(_softmax_xent_block), True: _make_sof
 
 def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
                  grad, gscale, gscale_arr, loss_out, n_threads):
-    k = x.dtype.itemsize
+    k = _kdt(x)
     serial, parallel = _SOFTMAX_XENT[x.shape[1] <= _LANES_C]
     return _run(serial, parallel, n_threads, _n_blocks(x.shape[0], x.shape[1]),
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), int(ignore_index), float(label_smoothing),
-                float(z_loss), _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out,
+                float(z_loss), _out(grad, _E2[k]), float(gscale),
+                _ro_or(gscale_arr, _R64), _out(loss_out, _E1[k]),
                 _streaming(grad, x.shape[1]))
 
 
@@ -387,39 +413,39 @@ def softmax_xent(x, labels, weight, ignore_index, label_smoothing, z_loss,
 
 def _target_rows_block(row):
     """The block function of a row loss with float targets of x's shape and up to three
-    parameters: row i's loss is ``row(x[i], t[i], p0, p1, p2, g[i], its gradient scale)``.
-    (Three named parameters rather than a tuple: a parallel kernel cannot take a tuple holding
-    an array.)"""
+    parameters: row i's loss is ``row(x[i], t[i], p0, p1, p2, g[i], its gradient scale, buf)``,
+    buf a scratch row for half rows' exps (empty otherwise). (Three named parameters rather
+    than a tuple: a parallel kernel cannot take a tuple holding an array.)"""
 
     @njit(**_OPTS)
     def block(x, t, p0, p1, p2, g, gscale, gscale_arr, loss_out, lo, hi):
         write_g = g.shape[1] > 0
         has_gscale_arr = gscale_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
+        buf = fm._half_scratch(g[0], x.shape[1] if write_g else 0)
         acc = 0.0
         for i in range(lo, hi):
             gi = g[i] if write_g else g[0]
             gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
-            loss = row(x[i], t[i], p0, p1, p2, gi, gs)
+            loss = row(x[i], t[i], p0, p1, p2, gi, gs, buf)
             if has_lo:
-                loss_out[i] = loss
+                loss_out[i] = fm._to(loss, loss_out)
             acc += loss
         return acc
 
     return block
 
 
-_softmax_xent_probs_block = _target_rows_block(fm.softmax_xent_probs_row)
+_softmax_xent_probs_block = _target_rows_block(fm._softmax_xent_probs_row)
 _softmax_xent_probs_s, _softmax_xent_probs_p = _blocked(_softmax_xent_probs_block)
 
 
 def softmax_xent_probs(x, probs, weight, label_smoothing, z_loss,
                        grad, gscale, gscale_arr, loss_out, n_threads):
-    k = x.dtype.itemsize
+    k = _kdt(x)
     return _run(_softmax_xent_probs_s, _softmax_xent_probs_p, n_threads, _n_blocks(x.shape[0], 2 * x.shape[1]),
                 _ro(x), _ro(probs), _ro_or(weight, _R1[k]), float(label_smoothing), float(z_loss),
-                _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
+                _out(grad, _E2[k]), float(gscale), _ro_or(gscale_arr, _R64), _out(loss_out, _E1[k]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,12 +467,12 @@ def _multiclass_hinge_block(x, labels, w, margin, squared, crammer_singer, g, gs
         if y < 0 or y >= n_classes:
             loss = np.nan
             for j in range(gi.shape[0]):
-                gi[j] = np.nan
+                gi[j] = fm._to(np.nan, gi)
         else:
             gs = gscale * gscale_arr[i] if has_gscale_arr else gscale
             loss = fm.multiclass_hinge_row(x[i], y, w, margin, squared, crammer_singer, gi, gs)
         if has_lo:
-            loss_out[i] = loss
+            loss_out[i] = fm._to(loss, loss_out)
         acc += loss
     return acc
 
@@ -456,11 +482,11 @@ _multiclass_hinge_s, _multiclass_hinge_p = _blocked(_multiclass_hinge_block)
 
 def multiclass_hinge(x, labels, weight, margin, squared, crammer_singer,
                      grad, gscale, gscale_arr, loss_out, n_threads):
-    k = x.dtype.itemsize
+    k = _kdt(x)
     return _run(_multiclass_hinge_s, _multiclass_hinge_p, n_threads, _n_blocks(x.shape[0], x.shape[1]),
                 _ro(x), _ro(labels), _ro_or(weight, _R1[k]), float(margin), bool(squared),
-                bool(crammer_singer), _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
+                bool(crammer_singer), _out(grad, _E2[k]), float(gscale),
+                _ro_or(gscale_arr, _R64), _out(loss_out, _E1[k]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +509,7 @@ def _label_weight_sum(labels, n_classes, ignore_index, has_ignore, w):
             return 0.0, i
         count += 1
         if has_w:
-            v = np.float64(w[y])
+            v = np.float64(fm._f(w[y]))
             k = i & 3
             if k == 0:
                 s0 += v
@@ -502,7 +528,7 @@ def _label_weight_sum(labels, n_classes, ignore_index, has_ignore, w):
 def _n_bad_labels(t, lo, hi):
     n_bad = 0
     for ii in range(lo, hi):
-        v = t[np.uint64(ii)]  # unsigned: no wraparound test, the loop vectorises
+        v = fm._f(t[np.uint64(ii)])  # unsigned: no wraparound test, the loop vectorises
         n_bad += np.int64((v != 1) & (v != -1) & (v != 0) & (v == v))
     return n_bad
 
@@ -515,7 +541,7 @@ def _binary_label_check_impl(t, n_blocks):
         counts[b] = _n_bad_labels(t, (b * n) // n_blocks, ((b + 1) * n) // n_blocks)
     if counts.sum():
         for i in range(n):
-            v = t[i]
+            v = fm._f(t[i])
             if v != 1 and v != -1 and v != 0 and v == v:
                 return i
     return -1
@@ -562,7 +588,7 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out, lo, hi):
     simple = write_g and not has_gscale_arr and not has_lo and not has_w
     one = fm._like(1.0, x)
     gsf = fm._like(gscale, x)
-    buf = np.empty(_ECHUNK, x.dtype)
+    buf = fm._scratch(_ECHUNK, x)
     k = lo % n_pw if n_pw > 0 else 0
     acc = 0.0
     for c0 in range(lo, hi, _ECHUNK):
@@ -576,18 +602,18 @@ def _sigmoid_bce_block(x, t, w, pw, g, gscale, gscale_arr, loss_out, lo, hi):
             if simple and n_pw == 0:  # the plain *_and_grad case, kept free of branches
                 for ii in range(p0, p1):
                     i = np.uint64(ii)
-                    loss, d = fm._sigmoid_bce_x(x[i], t[i], one, one)
-                    g[i] = d * gsf
+                    loss, d = fm._sigmoid_bce_x(fm._f(x[i]), fm._f(t[i]), one, one)
+                    g[i] = fm._to(d * gsf, g)
                     buf[i - ub] = loss
             else:
                 for ii in range(p0, p1):
                     i = np.uint64(ii)
-                    loss, d = fm._sigmoid_bce_x(x[i], t[i], w[i] if has_w else one,
-                                                pw[i + off] if n_pw > 0 else one)
+                    loss, d = fm._sigmoid_bce_x(fm._f(x[i]), fm._f(t[i]), fm._f(w[i]) if has_w else one,
+                                                fm._f(pw[i + off]) if n_pw > 0 else one)
                     if write_g:
-                        g[i] = d * (fm._like(gscale * gscale_arr[i], x) if has_gscale_arr else gsf)
+                        g[i] = fm._to(d * (fm._like(gscale * gscale_arr[i], x) if has_gscale_arr else gsf), g)
                     if has_lo:
-                        loss_out[i] = loss
+                        loss_out[i] = fm._to(loss, loss_out)
                     buf[i - ub] = loss
             if n_pw > 0:
                 k += p1 - p0
@@ -602,12 +628,11 @@ _sigmoid_bce_s, _sigmoid_bce_p = _blocked(_sigmoid_bce_block)
 
 
 def sigmoid_bce(x, target, weight, pos_weight, grad, gscale, gscale_arr, loss_out, n_threads):
-    k = x.dtype.itemsize
+    k = _kdt(x)
     r1, e1 = _R1[k], _E1[k]
     return _run(_sigmoid_bce_s, _sigmoid_bce_p, n_threads, _n_blocks(x.shape[0], 8),
                 _ro(x), _ro(target), _ro_or(weight, r1), _ro_or(pos_weight, r1),
-                e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
-                e1 if loss_out is None else loss_out)
+                _out(grad, e1), float(gscale), _ro_or(gscale_arr, _R64), _out(loss_out, e1))
 
 
 _ECHUNK = 256
@@ -623,11 +648,15 @@ def _make_elementwise(item, native=False):
         # Chunks of _ECHUNK items: the item loop stores the losses in a small buffer (no
         # reduction in it, unsigned indices: LLVM vectorises it), then the buffer is summed over
         # 16 fixed lanes. The order depends on the block bounds only: deterministic.
+        # Half arrays go through float32 scratch chunks (fm._staged), read and written at
+        # index ib + k; float arrays are used in place (ib = c0).
         write_g = g.shape[0] > 0
         has_gscale_arr = gscale_arr.shape[0] > 0
         has_lo = loss_out.shape[0] > 0
         simple = write_g and not has_gscale_arr and not has_lo
-        buf = np.empty(_ECHUNK, x.dtype if native else np.float64)
+        buf = fm._scratch(_ECHUNK, x) if native else np.empty(_ECHUNK)
+        xbuf, tbuf, gbuf = fm._half_scratch(x, _ECHUNK), fm._half_scratch(t, _ECHUNK), fm._half_scratch(g, _ECHUNK)
+        xs, ts, gs = fm._staged(x, xbuf), fm._staged(t, tbuf), fm._staged(g, gbuf)
         gsf = fm._like(gscale, x) if native else gscale
         acc = 0.0
         for c0 in range(lo, hi, _ECHUNK):
@@ -635,23 +664,27 @@ def _make_elementwise(item, native=False):
             if native:  # compute-bound items (exp/log): their next inputs come in meanwhile
                 _prefetch_chunk(x, t, c0 + m, min(c0 + m + _ECHUNK, hi))
             base = np.uint64(c0)
+            ib = fm._stage_base(x, c0)
+            fm._stage_in(x, c0, m, xbuf)
+            fm._stage_in(t, c0, m, tbuf)
             if simple:  # the *_and_grad case, kept free of branches
                 for kk in range(m):
                     k = np.uint64(kk)
-                    i = base + k
-                    loss, d = item(x[i], t[i], p0, p1)
-                    g[i] = d * gsf
+                    i = ib + k
+                    loss, d = item(xs[i], ts[i], p0, p1)
+                    gs[i] = d * gsf
                     buf[k] = loss
             else:
                 for kk in range(m):
                     k = np.uint64(kk)
-                    i = base + k
-                    loss, d = item(x[i], t[i], p0, p1)
+                    i = ib + k
+                    loss, d = item(xs[i], ts[i], p0, p1)
                     if write_g:
-                        g[i] = d * (gscale * gscale_arr[i] if has_gscale_arr else gscale)
+                        gs[i] = d * (gscale * gscale_arr[base + k] if has_gscale_arr else gscale)
                     if has_lo:
-                        loss_out[i] = loss
+                        loss_out[base + k] = fm._to(loss, loss_out)
                     buf[k] = loss
+            fm._stage_out(gbuf, g, c0, m)
             acc += fm._sum16(buf, 0, m)
         return acc
 
@@ -671,10 +704,9 @@ _kl_div_k = _make_elementwise(_kl_div2, native=True)
 
 
 def _elementwise(kernels, x, target, p0, p1, grad, gscale, gscale_arr, loss_out, n_threads):
-    e1 = _E1[x.dtype.itemsize]
+    e1 = _E1[_kdt(x)]
     return _run(kernels[0], kernels[1], n_threads, _n_blocks(x.shape[0], 1), _ro(x), _ro(target), p0, p1,
-                e1 if grad is None else grad, float(gscale), _ro_or(gscale_arr, _R64),
-                e1 if loss_out is None else loss_out)
+                _out(grad, e1), float(gscale), _ro_or(gscale_arr, _R64), _out(loss_out, e1))
 
 
 def huber(x, target, delta, grad, gscale, gscale_arr, loss_out, n_threads):
@@ -752,7 +784,7 @@ def sigmoid_focal(x, target, alpha, gamma, grad, gscale, gscale_arr, loss_out, n
 
 
 @njit(inline="always")
-def _cosine_similarity_row3(x, t, unused0, unused1, unused2, g, gscale):
+def _cosine_similarity_row3(x, t, unused0, unused1, unused2, g, gscale, unused_buf):
     return fm._cosine_similarity_row(x, t, g, gscale)
 
 
@@ -761,10 +793,10 @@ _cosine_similarity_s, _cosine_similarity_p = _blocked(_cosine_similarity_block)
 
 
 def cosine_similarity(x, target, grad, gscale, gscale_arr, loss_out, n_threads):
-    k = x.dtype.itemsize
+    k = _kdt(x)
     return _run(_cosine_similarity_s, _cosine_similarity_p, n_threads, _n_blocks(x.shape[0], 2 * x.shape[1]),
-                _ro(x), _ro(target), _R1[k], 0.0, 0.0, _E2[k] if grad is None else grad, float(gscale),
-                _ro_or(gscale_arr, _R64), _E1[k] if loss_out is None else loss_out)
+                _ro(x), _ro(target), _R1[k], 0.0, 0.0, _out(grad, _E2[k]), float(gscale),
+                _ro_or(gscale_arr, _R64), _out(loss_out, _E1[k]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,7 +921,7 @@ def _vector(v, dtype, shape):
     """An option array as the kernels take it: the empty stand-in for None, the array itself
     when plain and of exactly this dtype and shape, else False."""
     if v is None:
-        return _R1[dtype.itemsize]
+        return _R1[dtype]
     if v.dtype is dtype and v.shape == shape and v.flags.c_contiguous:
         return v
     return False
@@ -937,7 +969,7 @@ def _sigmoid_bce_step(x, t, o):
 def _cosine_similarity_step(x, t, o):
     if x.ndim < 2 or not _is_values(t, x):
         return None
-    return _FAST_COSINE_SIMILARITY, (_R1[x.dtype.itemsize], 0.0, 0.0), ()
+    return _FAST_COSINE_SIMILARITY, (_R1[x.dtype], 0.0, 0.0), ()
 
 
 def _poisson_nll_step(x, t, o):
