@@ -3,9 +3,10 @@
 One Cython source (kernels/_kernels.pyx and the .pxi files it includes) is compiled into:
 
 * ``fastloss._kernels``       -- the baseline build: runs on any CPU of the platform;
-* ``fastloss._kernels_avx2``  -- x86-64 only, ``-mavx2 -mfma`` (or /arch:AVX2), where the compiler
-  takes those flags;
-* ``fastloss._kernels_avx512`` -- x86-64 only, AVX-512 F/DQ/BW/VL with 512-bit vectors (gcc/clang);
+* ``fastloss._kernels_avx2``  -- x86-64 only, ``-mavx2 -mfma -mf16c`` (or /arch:AVX2), where the
+  compiler takes those flags (F16C: float16 conversions in hardware);
+* ``fastloss._kernels_avx512`` -- x86-64 only, AVX-512 F/DQ/BW/VL (and F16C) with 512-bit vectors
+  (gcc/clang);
 ``fastloss.backends.cython`` loads the best of them that the CPU runs (the exp-bound softmax
 passes are ~1.5x faster with 16 float lanes than with 8).
 
@@ -34,7 +35,7 @@ KERNELS = "kernels"
 # the headers cimport users compile against too ship in the package, in src/fastloss/include; they
 # are included as "fastloss/include/fl_*.h" from "src" (from fastloss.get_include() once installed)
 SOURCES_DEPENDS = (
-    [os.path.join(KERNELS, name) for name in ("fl_stream.h", "fl_rows.h", "fl_lanes.h", "fl_elementwise.h",
+    [os.path.join(KERNELS, name) for name in ("fl_stream.h", "fl_rows.h", "fl_lanes.h", "fl_elementwise.h", "fl_half.h",
                                                "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi",
                                                "multiclass_hinge.pxi", "cosine_similarity.pxi", "fast_call.pxi",
                                                "_kernels.pyx")]
@@ -68,6 +69,7 @@ AVX2_TEST = r"""
 int main(void) {
     __m256 a = _mm256_set1_ps(1.0f);
     a = _mm256_fmadd_ps(a, a, a);
+    a = _mm256_cvtph_ps(_mm256_cvtps_ph(a, 0));
     return (int)_mm256_cvtss_f32(a) == 2 ? 0 : 1;
 }
 """
@@ -138,9 +140,9 @@ class BuildExt(build_ext):
             # in its polynomials (FL_FMA), where it only adds accuracy.
             base = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math",
                                                 "-ffp-contract=off"]
-            isa_flags = {"avx2": ["-mavx2", "-mfma"],
-                         "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
-                                    "-mprefer-vector-width=512"]}
+            isa_flags = {"avx2": ["-mavx2", "-mfma", "-mf16c"],
+                         "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512dq", "-mavx512bw",
+                                    "-mavx512vl", "-mprefer-vector-width=512"]}
 
         omp = None if _env_flag("FASTLOSS_NO_OPENMP") else _openmp_flags(self.compiler)
         if omp is None:
@@ -158,7 +160,7 @@ class BuildExt(build_ext):
 
         want_avx2 = _is_x86_64() and not _env_flag("FASTLOSS_NO_AVX2")
         if want_avx2 and not _try_compile(self.compiler, AVX2_TEST, base + isa_flags["avx2"], []):
-            print("fastloss: the compiler does not take AVX2/FMA flags: baseline build only")
+            print("fastloss: the compiler does not take AVX2/FMA/F16C flags: baseline build only")
             want_avx2 = False
 
         want_avx512 = want_avx2 and ctype != "msvc" and not _env_flag("FASTLOSS_NO_AVX512")

@@ -2,6 +2,9 @@
 # helpers and the deterministic blocking of items. The formulas come from fastloss.formulas
 # (fastloss/include/fl_formulas.h).
 
+cimport numpy as cnp
+from libc.stdint cimport uint16_t
+
 cdef extern from "fastloss/include/fl_platform.h":
     int FL_HAVE_OPENMP
     const char* FL_ISA_NAME
@@ -19,6 +22,8 @@ cdef extern from "fl_stream.h" nogil:
         pass
     void fl_streamer_begin_f(fl_streamer* s, float* dst)
     void fl_streamer_begin_d(fl_streamer* s, double* dst)
+    void fl_streamer_begin_h(fl_streamer* s, uint16_t* dst)
+    void fl_streamer_end_h(fl_streamer* s)
     void fl_streamer_put_f(fl_streamer* s, const float* src, Py_ssize_t n)
     void fl_streamer_put_d(fl_streamer* s, const double* src, Py_ssize_t n)
     void fl_streamer_put_scaled_f(fl_streamer* s, const float* e, Py_ssize_t n, float k,
@@ -50,6 +55,12 @@ cdef extern from "fl_rows.h" nogil:
     void fl_row_cosine_grad_d(double* g, fl_streamer* st, const double* t, const double* x, Py_ssize_t n,
                               double nn, double k, double gs)
 
+    # half rows (x: float16 / bfloat16 bits), converted as they are read
+    float fl_row_max_hx(int kind, const uint16_t* x, Py_ssize_t n)
+    double fl_row_wdot_hx(int kind, const float* w, const uint16_t* x, Py_ssize_t n)
+    double fl_row_expsum_hx(int kind, const uint16_t* x, float* g, Py_ssize_t n, float shift,
+                            const uint16_t* pf)
+
 cdef extern from "fl_lanes.h" nogil:
     enum: FL_LANES
     enum: FL_LANES_C
@@ -80,6 +91,24 @@ cdef extern from "fl_elementwise.h" nogil:
     double fl_ew_block_d(int kind, const double* x, const double* t, const double* w, const double* pw,
                          Py_ssize_t n_pw, double a, double b, int flag, Py_ssize_t start, Py_ssize_t stop,
                          double* g, double gscale, const double* gscale_arr, double* lo, int stream)
+    # float16 (h) and bfloat16 (b) bits
+    double fl_ew_block_h(int kind, const uint16_t* x, const uint16_t* t, const uint16_t* w, const uint16_t* pw,
+                         Py_ssize_t n_pw, double a, double b, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         uint16_t* g, double gscale, const double* gscale_arr, uint16_t* lo, int stream)
+    double fl_ew_block_b(int kind, const uint16_t* x, const uint16_t* t, const uint16_t* w, const uint16_t* pw,
+                         Py_ssize_t n_pw, double a, double b, int flag, Py_ssize_t start, Py_ssize_t stop,
+                         uint16_t* g, double gscale, const double* gscale_arr, uint16_t* lo, int stream)
+
+cdef extern from "fl_half.h" nogil:
+    enum:
+        HALF_F16 "FL_HALF_F16"
+        HALF_BF16 "FL_HALF_BF16"
+    float fl_half_to_float(int kind, uint16_t h)
+    uint16_t fl_float_to_half(int kind, float f)
+    void fl_half_load(int kind, const uint16_t* src, float* dst, Py_ssize_t n)
+    void fl_half_put(int kind, fl_streamer* st, uint16_t* dst, const float* src, Py_ssize_t n)
+    void fl_half_put_scaled(int kind, fl_streamer* st, uint16_t* dst, const float* e, Py_ssize_t n, float k,
+                            const float* w, float k2, Py_ssize_t y, float gy)
 
 
 # ---- fused front-ends of the C row primitives ---------------------------------------------------
@@ -223,6 +252,94 @@ cdef inline void row_fill(floating* g, Py_ssize_t n, double v) noexcept nogil:
         g[j] = fv
 
 
+# ---- half precision: the row kernels' conversions ----------------------------------------------
+# With half (HALF_F16 or HALF_BF16; 0: none), a kernel's float pointers x, targets, grad and
+# loss_out hold the half type's bits (uint16_t; element offsets count those). A row is read
+# converted (the x* front-ends: softmax_xent's passes read the half row itself, a chunk in L1 at
+# a time), or converted into a float scratch row as it is loaded; the float code computes, and
+# the results are rounded out once. Class weights arrive converted to float (one row of scratch
+# per call). Only the float specialisations ever run with half != 0.
+
+cdef inline void half_load(int half, const floating* src, Py_ssize_t off, floating* dst,
+                           Py_ssize_t n) noexcept nogil:
+    """dst[0:n] = the half values of src[off:off + n]."""
+    if floating is float:
+        fl_half_load(half, <const uint16_t*>src + off, dst, n)
+
+
+cdef inline floating xload(int half, const floating* x, Py_ssize_t i) noexcept nogil:
+    """x[i] (half: converted)."""
+    if half:
+        return fl_half_to_float(half, (<const uint16_t*>x)[i])
+    return x[i]
+
+
+cdef inline floating xrow_max(int half, const floating* x, Py_ssize_t off, Py_ssize_t n) noexcept nogil:
+    """row_max of x[off:off + n], a half row read directly."""
+    if floating is float:
+        if half:
+            return fl_row_max_hx(half, <const uint16_t*>x + off, n)
+    return row_max(x + off, n)
+
+
+cdef inline double xrow_wdot(int half, const floating* w, const floating* x, Py_ssize_t off,
+                             Py_ssize_t n) noexcept nogil:
+    """row_wdot(w, x[off:off + n]), a half row read directly (w float)."""
+    if floating is float:
+        if half:
+            return fl_row_wdot_hx(half, w, <const uint16_t*>x + off, n)
+    return row_wdot(w, x + off, n)
+
+
+cdef inline double xrow_expsum(int half, const floating* x, Py_ssize_t off, floating* g, Py_ssize_t n,
+                               floating shift, bint prefetch) noexcept nogil:
+    """row_expsum of x[off:off + n], the next row prefetched meanwhile where asked, a half row
+    read directly."""
+    if floating is float:
+        if half:
+            return fl_row_expsum_hx(half, <const uint16_t*>x + off, g, n, shift,
+                                    <const uint16_t*>x + off + n if prefetch else NULL)
+    return row_expsum(x + off, g, n, shift, x + off + n if prefetch else NULL)
+
+
+cdef inline void half_put(int half, fl_streamer* st, floating* dst, Py_ssize_t off, const floating* src,
+                          Py_ssize_t n) noexcept nogil:
+    """src[0:n] rounded to dst[off:off + n], or appended to st's region (st not NULL)."""
+    if floating is float:
+        fl_half_put(half, st, <uint16_t*>dst + off, src, n)
+
+
+cdef inline void half_put_scaled(int half, fl_streamer* st, floating* dst, Py_ssize_t off,
+                                 const floating* e, Py_ssize_t n, double k, const floating* w,
+                                 double k2, Py_ssize_t y, double gy) noexcept nogil:
+    """streamer_put_scaled's values (in float) rounded to dst[off:off + n] or st's region."""
+    if floating is float:
+        fl_half_put_scaled(half, st, <uint16_t*>dst + off, e, n, <float>k, w, <float>k2, y, <float>gy)
+
+
+cdef inline void half_store1(int half, floating* dst, Py_ssize_t i, double v) noexcept nogil:
+    """dst[i] = v, rounded to float, then to the half type."""
+    (<uint16_t*>dst)[i] = fl_float_to_half(half, <float>v)
+
+
+cdef inline void half_streamer_begin(fl_streamer* st, floating* dst, Py_ssize_t off) noexcept nogil:
+    fl_streamer_begin_h(st, <uint16_t*>dst + off)
+
+
+cdef inline void half_fill_rows(int half, floating* grad, floating* loss_out, Py_ssize_t start,
+                                Py_ssize_t stop, Py_ssize_t C) noexcept nogil:
+    """NaN into rows [start, stop) of grad and loss_out (either may be NULL): a half row kernel
+    that could not get its scratch row."""
+    cdef uint16_t nan = fl_float_to_half(half, <float>NAN)
+    cdef Py_ssize_t j
+    if grad != NULL:
+        for j in range(start * C, stop * C):
+            (<uint16_t*>grad)[j] = nan
+    if loss_out != NULL:
+        for j in range(start, stop):
+            (<uint16_t*>loss_out)[j] = nan
+
+
 # ---- blocks: the partition of items that makes sums independent of the thread count ------------
 
 cdef enum:
@@ -268,6 +385,51 @@ cdef inline int clamp_threads(object n_threads) except -1:
 
 
 # ---- argument helpers (Python level, run with the GIL before the kernels) ------------------------
+
+cdef inline int half_kind(object x) except -1:
+    """HALF_F16 for float16 arrays, HALF_BF16 for bfloat16 bits (uint16; or an ml_dtypes
+    bfloat16 array), 0 for float32 and float64."""
+    cdef str ch = x.dtype.char
+    if ch == 'f' or ch == 'd':
+        return 0
+    if ch == 'e':
+        return HALF_F16
+    if ch == 'H' or x.dtype.name == 'bfloat16':
+        return HALF_BF16
+    raise TypeError(f"fastloss._kernels: expected float32, float64, float16 or bfloat16 arrays, got dtype {x.dtype}")
+
+
+cdef void* half_ptr(object a, object x, Py_ssize_t size, bint out, str what) except? NULL:
+    """The data of ``a`` (NULL for None), an array of x's (half) dtype: C-contiguous, aligned,
+    native (writeable for an output) and of ``size`` elements, else TypeError / ValueError."""
+    cdef int flags = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if a is None:
+        return NULL
+    if not cnp.PyArray_Check(a) or cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.PyArray_TYPE(<cnp.ndarray>x):
+        raise TypeError(f"fastloss._kernels: {what} must be an array of the input's dtype {x.dtype}")
+    if out:
+        flags |= cnp.NPY_ARRAY_WRITEABLE
+    if (cnp.PyArray_FLAGS(<cnp.ndarray>a) & flags) != flags or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a):
+        raise ValueError(f"fastloss._kernels: {what} must be C-contiguous, aligned, native"
+                         + (" and writeable" if out else ""))
+    if cnp.PyArray_SIZE(<cnp.ndarray>a) != size:
+        raise ValueError(f"fastloss._kernels: {what} has {a.size} elements, expected {size}")
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef float* half_weights(int half, object weight, object x, Py_ssize_t C) except? NULL:
+    """Class weights (C,) of x's half dtype converted to a malloc'ed float row (free() it), or
+    NULL for None."""
+    cdef const uint16_t* src = <const uint16_t*>half_ptr(weight, x, C, False, "weight")
+    cdef float* wf
+    if src == NULL:
+        return NULL
+    wf = <float*>malloc((C if C > 0 else 1) * sizeof(float))
+    if wf == NULL:
+        raise MemoryError()
+    fl_half_load(half, src, wf, C)
+    return wf
+
 
 cdef inline bint is_f32(object x) except -1:
     cdef str ch = x.dtype.char

@@ -12,6 +12,7 @@ from cython.parallel cimport prange
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from libc.math cimport exp, log, isfinite, INFINITY, NAN
 
 from fastloss.formulas cimport (

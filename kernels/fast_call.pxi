@@ -64,19 +64,19 @@ cdef double _run_typed(Call* c, floating* typed) noexcept nogil:
     cdef const floating* x = <const floating*>c.x
     if c.loss == L_SOFTMAX_XENT:
         return _softmax_xent_all(x, c.lab, <const floating*>c.w, c.w_sum, c.N, c.C, c.ignore_index,
-                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
+                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
     if c.loss == L_SOFTMAX_XENT_PROBS:
         return _softmax_xent_probs_all(x, <const floating*>c.t, <const floating*>c.w, c.N, c.C, c.eps,
-                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
+                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
     if c.loss == L_MULTICLASS_HINGE:
         return _multiclass_hinge_all(x, c.lab, <const floating*>c.w, c.N, c.C, c.a, c.squared,
                                      c.crammer_singer, <floating*>c.g, c.gscale, NULL, <floating*>c.lo,
-                                     1)
+                                     1, 0)
     if c.loss == L_COSINE_SIMILARITY:
         return _cosine_similarity_all(x, <const floating*>c.t, c.N, c.C, <floating*>c.g, c.gscale, NULL,
-                                      <floating*>c.lo, 1)
+                                      <floating*>c.lo, 1, 0)
     return _elementwise_all(c.kind, x, <const floating*>c.t, <const floating*>c.w, <const floating*>c.pw,
-                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1)
+                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
 
 
 cdef inline bint _plain(object a, int typenum, bint writeable) noexcept:
@@ -316,16 +316,16 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
     if c.lab != NULL:
         has_ignore = c.loss == L_SOFTMAX_XENT
         if f32:
-            v, y = _label_weight_sum[float](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const float*>c.w)
+            v, y = _label_weight_sum[float](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const float*>c.w, 0)
         else:
-            v, y = _label_weight_sum[double](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const double*>c.w)
+            v, y = _label_weight_sum[double](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const double*>c.w, 0)
         if y >= 0:
             return NotImplemented
         if has_ignore:
             denom = v
     if c.loss == L_ELEMENTWISE and c.kind == EW_HINGE:
-        y = (_first_bad_label[float](<const float*>c.t, n, 1) if f32
-             else _first_bad_label[double](<const double*>c.t, n, 1))
+        y = (_first_bad_label[float](<const float*>c.t, n, 1, 0) if f32
+             else _first_bad_label[double](<const double*>c.t, n, 1, 0))
         if y >= 0:
             return NotImplemented
     if red == 3:

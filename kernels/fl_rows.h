@@ -27,6 +27,7 @@
 
 #include "fastloss/include/fl_vecmath.h"
 #include "fl_stream.h"
+#include "fl_half.h"
 
 /* fl_sq_dot16_SUF(x, t, n, axx, att, axt): for n a multiple of 16, the 16 lane sums
  * a[l] = sum_{j = l mod 16} of x_j^2, t_j^2 and x_j t_j in double (the widened values). With
@@ -83,7 +84,49 @@ static inline void fl_sq_dot16_##SUF(const T* x, const T* t, ptrdiff_t n, double
 FL_SQ_DOT16(float, f)
 FL_SQ_DOT16(double, d)
 
-#define FL_ROW_FUNCS(T, SUF, EXP, NL)                                                             \
+/* the body of fl_row_expsum: IN(p, buf, m) gives the m inputs at p as XT (the pointer itself, or
+ * for a half row the chunk converted into buf), LD(v) an input as T (v itself, or a float16
+ * converted inside the loop); PFS: the bytes of an item of pf */
+#define FL_ROW_IN(p, buf, m) (p)
+#define FL_ROW_SAME(v) (v)
+#define FL_ROW_EXPSUM_BODY(T, XT, SUF, EXP, NL, IN, LD, PFS)                                          \
+{                                                                                                \
+    /* in chunks of FL_BLK: a plain loop of exps (into g, or a stack buffer for the loss         \
+     * alone), then the chunk summed in NL lanes of T (FL_BLK/NL terms of at most 1 each),       \
+     * folded into NL double lanes; the order is fixed by n alone. */                            \
+    T buf[FL_BLK], xin[FL_BLK]; /* xin: half rows, a chunk converted */                          \
+    double acc[NL];                                                                              \
+    double tail = 0.0;                                                                           \
+    ptrdiff_t j = 0, k, l;                                                                       \
+    (void)xin;                                                                                   \
+    if (n < 2 * NL) { /* short rows: a vectorised exp loop, then a plain sum, no lane set-up */  \
+        T* d = g != NULL ? g : buf;                                                              \
+        const XT* xs = IN(x, xin, n);                                                            \
+        FL_IVDEP                                                                                 \
+        for (j = 0; j < n; j++) d[j] = EXP(LD(xs[j]) - shift);                                   \
+        for (j = 0; j < n; j++) tail += (double)d[j];                                            \
+        return tail;                                                                             \
+    }                                                                                            \
+    for (l = 0; l < NL; l++) acc[l] = 0.0;                                                       \
+    while (j < n) {                                                                              \
+        ptrdiff_t m = n - j < FL_BLK ? n - j : FL_BLK;                                           \
+        T* d = g != NULL ? g + j : buf;                                                          \
+        const XT* xs = IN(x + j, xin, m);                                                        \
+        T part[NL];                                                                              \
+        if (pf != NULL) fl_prefetch_l2((const char*)pf + j * PFS, m * PFS);              \
+        FL_IVDEP                                                                                 \
+        for (k = 0; k < m; k++) d[k] = EXP(LD(xs[k]) - shift);                                   \
+        for (l = 0; l < NL; l++) part[l] = 0;                                                    \
+        for (k = 0; k + NL <= m; k += NL)                                                        \
+            for (l = 0; l < NL; l++) part[l] += d[k + l];                                        \
+        for (l = 0; l < NL; l++) acc[l] += (double)part[l];                                      \
+        for (; k < m; k++) tail += (double)d[k];                                                 \
+        j += m;                                                                                  \
+    }                                                                                            \
+    return fl_lanes_total_##SUF(acc, tail);                                                      \
+}
+
+#define FL_ROW_FUNCS(T, SUF, EXP, NL)                                                            \
 FL_INLINE T fl_row_max_##SUF(const T* x, ptrdiff_t n) {                                          \
     /* 4*NL independent lanes: a max has a latency of several cycles, one NL-lane chain would    \
      * leave the load ports idle (measured: twice as slow over a row in L2) */                   \
@@ -111,39 +154,8 @@ static inline double fl_lanes_total_##SUF(double* acc, double tail) {           
         for (l = 0; l < w; l++) acc[l] += acc[l + w];                                            \
     return acc[0] + tail;                                                                        \
 }                                                                                                \
-static inline double fl_row_expsum_##SUF(const T* x, T* g, ptrdiff_t n, T shift, const T* pf) {  \
-    /* in chunks of FL_BLK: a plain loop of exps (into g, or a stack buffer for the loss      \
-     * alone), then the chunk summed in NL lanes of T (FL_BLK/NL terms of at most 1 each),      \
-     * folded into NL double lanes; the order is fixed by n alone. */                         \
-    T buf[FL_BLK];                                                                               \
-    double acc[NL];                                                                              \
-    double tail = 0.0;                                                                           \
-    ptrdiff_t j = 0, k, l;                                                                       \
-    if (n < 2 * NL) { /* short rows: a vectorised exp loop, then a plain sum, no lane set-up */   \
-        T* d = g != NULL ? g : buf;                                                              \
-        FL_IVDEP                                                                                 \
-        for (j = 0; j < n; j++) d[j] = EXP(x[j] - shift);                                        \
-        for (j = 0; j < n; j++) tail += (double)d[j];                                            \
-        return tail;                                                                             \
-    }                                                                                            \
-    for (l = 0; l < NL; l++) acc[l] = 0.0;                                                       \
-    while (j < n) {                                                                              \
-        ptrdiff_t m = n - j < FL_BLK ? n - j : FL_BLK;                                           \
-        T* d = g != NULL ? g + j : buf;                                                          \
-        const T* xs = x + j;                                                                     \
-        T part[NL];                                                                              \
-        if (pf != NULL) fl_prefetch_l2(pf + j, m * (ptrdiff_t)sizeof(T));                         \
-        FL_IVDEP                                                                                 \
-        for (k = 0; k < m; k++) d[k] = EXP(xs[k] - shift);                                       \
-        for (l = 0; l < NL; l++) part[l] = 0;                                                    \
-        for (k = 0; k + NL <= m; k += NL)                                                        \
-            for (l = 0; l < NL; l++) part[l] += d[k + l];                                        \
-        for (l = 0; l < NL; l++) acc[l] += (double)part[l];                                      \
-        for (; k < m; k++) tail += (double)d[k];                                                 \
-        j += m;                                                                                  \
-    }                                                                                            \
-    return fl_lanes_total_##SUF(acc, tail);                                                      \
-}                                                                                                \
+static inline double fl_row_expsum_##SUF(const T* x, T* g, ptrdiff_t n, T shift, const T* pf)  \
+    FL_ROW_EXPSUM_BODY(T, T, SUF, EXP, NL, FL_ROW_IN, FL_ROW_SAME, (ptrdiff_t)sizeof(T))                               \
 static inline void fl_row_scale_##SUF(T* g, ptrdiff_t n, T k) {                                  \
     ptrdiff_t j;                                                                                 \
     FL_IVDEP                                                                                     \
@@ -214,11 +226,11 @@ static inline void fl_row_sq_dot_##SUF(const T* x, const T* t, ptrdiff_t n, doub
     *stt = ttt;                                                                                  \
     *sxt = txt;                                                                                  \
 }                                                                                                \
-static inline void fl_row_cosine_grad_##SUF(T* g, fl_streamer* st, const T* t, const T* x,      \
+static inline void fl_row_cosine_grad_##SUF(T* g, fl_streamer* st, const T* t, const T* x,       \
                                             ptrdiff_t n, double nn, double k, double gs) {       \
     /* -t_j / nn as -t_j (1 / nn) (a division per item is the loop's bottleneck), except for one \
-     * class: there the two terms cancel exactly in theory and the sums are the reference's own \
-     * (one product each), so the reference's division rounds the noise as it does */           \
+     * class: there the two terms cancel exactly in theory and the sums are the reference's own  \
+     * (one product each), so the reference's division rounds the noise as it does */            \
     ptrdiff_t j, j0, m;                                                                          \
     double r = 1.0 / nn;                                                                         \
     T buf[FL_BLK];                                                                               \
@@ -230,7 +242,7 @@ static inline void fl_row_cosine_grad_##SUF(T* g, fl_streamer* st, const T* t, c
     }                                                                                            \
     if (st == NULL) {                                                                            \
         FL_IVDEP                                                                                 \
-        for (j = 0; j < n; j++) g[j] = (T)((-(double)t[j] * r - k * (double)x[j]) * gs);        \
+        for (j = 0; j < n; j++) g[j] = (T)((-(double)t[j] * r - k * (double)x[j]) * gs);         \
         return;                                                                                  \
     }                                                                                            \
     for (j0 = 0; j0 < n; j0 += FL_BLK) { /* a chunk in a stack buffer (L1), then streamed out */ \
@@ -243,5 +255,84 @@ static inline void fl_row_cosine_grad_##SUF(T* g, fl_streamer* st, const T* t, c
 
 FL_ROW_FUNCS(float, f, fl_expf_nonpos, 16)
 FL_ROW_FUNCS(double, d, fl_exp_nonpos, 8)
+
+/* ---- half rows: x holds float16 / bfloat16 bits (kind, fl_half.h), converted FL_BLK items at a
+ * time into a buffer in L1 as it is read (the row is never copied): the softmax passes read 2
+ * bytes an item from the row instead of a float copy's 4. The values, and the order of every
+ * sum, are the float functions' on the converted row.
+ *   fl_row_max_hx(kind, x, n)           fl_row_max_f (a max: any order gives its value)
+ *   fl_row_wdot_hx(kind, w, x, n)       fl_row_sum_f (w NULL) / fl_row_dot_f, w float
+ *   fl_row_expsum_hx(kind, x, g, n, shift, pf)   fl_row_expsum_f, g float, pf half */
+static inline float fl_row_max_hx(int kind, const uint16_t* x, ptrdiff_t n) {
+    float buf[FL_BLK], m[64], r = -INFINITY;
+    ptrdiff_t j0, k, l;
+    for (l = 0; l < 64; l++) m[l] = -INFINITY;
+    if (kind == FL_HALF_BF16) { /* the conversion (a shift) vectorises inside the loop */
+        for (k = 0; k + 64 <= n; k += 64)
+            for (l = 0; l < 64; l++) {
+                float v = fl_bf16_to_float(x[k + l]);
+                m[l] = v > m[l] ? v : m[l];
+            }
+        for (; k < n; k++) {
+            float v = fl_bf16_to_float(x[k]);
+            r = v > r ? v : r;
+        }
+        n = 0;
+    }
+    for (j0 = 0; j0 < n; j0 += FL_BLK) {
+        ptrdiff_t mm = n - j0 < FL_BLK ? n - j0 : FL_BLK;
+        fl_half_load(kind, x + j0, buf, mm);
+        for (k = 0; k + 64 <= mm; k += 64)
+            for (l = 0; l < 64; l++) m[l] = buf[k + l] > m[l] ? buf[k + l] : m[l];
+        for (; k < mm; k++) r = buf[k] > r ? buf[k] : r;
+    }
+    for (l = 0; l < 64; l++) r = m[l] > r ? m[l] : r;
+    return r;
+}
+
+static inline double fl_row_wdot_hx(int kind, const float* w, const uint16_t* x, ptrdiff_t n) {
+    /* FL_BLK is a multiple of the 16 lanes: item j goes to lane j % 16 as in the float functions */
+    float buf[FL_BLK];
+    double acc[16], tail = 0.0;
+    ptrdiff_t j0, k, l;
+    for (l = 0; l < 16; l++) acc[l] = 0.0;
+    for (j0 = 0; j0 < n; j0 += FL_BLK) {
+        ptrdiff_t mm = n - j0 < FL_BLK ? n - j0 : FL_BLK;
+        const float* ws = w == NULL ? NULL : w + j0;
+        fl_half_load(kind, x + j0, buf, mm);
+        if (ws == NULL) {
+            for (k = 0; k + 16 <= mm; k += 16)
+                for (l = 0; l < 16; l++) acc[l] += (double)buf[k + l];
+            for (; k < mm; k++) tail += (double)buf[k];
+        } else {
+            for (k = 0; k + 16 <= mm; k += 16)
+                for (l = 0; l < 16; l++)
+                    acc[l] += ws[k + l] == 0 ? 0.0 : (double)ws[k + l] * (double)buf[k + l];
+            for (; k < mm; k++) tail += ws[k] == 0 ? 0.0 : (double)ws[k] * (double)buf[k];
+        }
+    }
+    return fl_lanes_total_f(acc, tail);
+}
+
+/* a chunk at a time converted into a buffer in L1 (measured a little faster than converting
+ * inside the exp loop), except float16 without F16C, converted inside the loop */
+#define FL_ROW_IN_BF16(p, buf, m) (fl_bf16_load((p), (buf), (m)), (const float*)(buf))
+static inline double fl_row_expsum_bx(const uint16_t* x, float* g, ptrdiff_t n, float shift,
+                                      const uint16_t* pf)
+    FL_ROW_EXPSUM_BODY(float, float, f, fl_expf_nonpos, 16, FL_ROW_IN_BF16, FL_ROW_SAME, 2)
+#if defined(__F16C__)
+#define FL_ROW_IN_F16(p, buf, m) (fl_f16_load((p), (buf), (m)), (const float*)(buf))
+static inline double fl_row_expsum_fx(const uint16_t* x, float* g, ptrdiff_t n, float shift,
+                                      const uint16_t* pf)
+    FL_ROW_EXPSUM_BODY(float, float, f, fl_expf_nonpos, 16, FL_ROW_IN_F16, FL_ROW_SAME, 2)
+#else
+static inline double fl_row_expsum_fx(const uint16_t* x, float* g, ptrdiff_t n, float shift,
+                                      const uint16_t* pf)
+    FL_ROW_EXPSUM_BODY(float, uint16_t, f, fl_expf_nonpos, 16, FL_ROW_IN, fl_f16_to_float_soft, 2)
+#endif
+static inline double fl_row_expsum_hx(int kind, const uint16_t* x, float* g, ptrdiff_t n, float shift,
+                                      const uint16_t* pf) {
+    return kind == FL_HALF_BF16 ? fl_row_expsum_bx(x, g, n, shift, pf) : fl_row_expsum_fx(x, g, n, shift, pf);
+}
 
 #endif /* FASTLOSS_ROWS_H */

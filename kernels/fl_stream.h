@@ -45,12 +45,26 @@ FL_INLINE void fl_stream_##SUF(T* dst, const T* src, ptrdiff_t n) {             
 }
 FL_STREAM_COPY(float, f, ps)
 FL_STREAM_COPY(double, d, pd)
+/* the 16-bit (half) elements: whole vectors of integers */
+FL_INLINE void fl_stream_h(uint16_t* dst, const uint16_t* src, ptrdiff_t n) {
+    const ptrdiff_t w = (ptrdiff_t)(FL_SIMD_BYTES / sizeof(uint16_t));
+    ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + w <= n; k += w) _mm512_stream_si512((void*)(dst + k), _mm512_loadu_si512((const void*)(src + k)));
+#elif defined(__AVX__)
+    for (; k + w <= n; k += w) _mm256_stream_si256((__m256i*)(dst + k), _mm256_loadu_si256((const __m256i*)(src + k)));
+#else
+    for (; k + w <= n; k += w) _mm_stream_si128((__m128i*)(dst + k), _mm_loadu_si128((const __m128i*)(src + k)));
+#endif
+    for (; k < n; k++) dst[k] = src[k];
+}
 #else
 FL_INLINE void fl_prefetch_l2(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
 FL_INLINE void fl_prefetch_l1(const void* p, ptrdiff_t bytes) { (void)p; (void)bytes; }
 FL_INLINE void fl_sfence(void) {}
 FL_INLINE void fl_stream_f(float* dst, const float* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
 FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
+FL_INLINE void fl_stream_h(uint16_t* dst, const uint16_t* src, ptrdiff_t n) { for (ptrdiff_t k = 0; k < n; k++) dst[k] = src[k]; }
 #endif
 
 /* ---- streaming a contiguous region ---------------------------------------------------------
@@ -62,9 +76,10 @@ FL_INLINE void fl_stream_d(double* dst, const double* src, ptrdiff_t n) { for (p
  * line with another block's region). fl_streamer_end_SUF writes the carried values; the
  * caller then issues fl_sfence() before the data is read by anyone. */
 #define FL_LINE_ITEMS(T) ((ptrdiff_t)(64 / sizeof(T)))
-typedef union {  /* one type for both element types (the Cython side is generic over them) */
+typedef union {  /* one type for every element type (the Cython side is generic over them) */
     struct { float* d; ptrdiff_t head, pn; float pend[16]; } f;
     struct { double* d; ptrdiff_t head, pn; double pend[8]; } d;
+    struct { uint16_t* d; ptrdiff_t head, pn; uint16_t pend[32]; } h;  /* float16, bfloat16 bits */
 } fl_streamer;
 
 #define FL_STREAMER(T, SUF)                                                                        \
@@ -101,20 +116,6 @@ static inline void fl_streamer_put_##SUF(fl_streamer* s, const T* src, ptrdiff_t
         s->SUF.d++;                                                                               \
     }                                                                                             \
 }                                                                                                 \
-static inline void fl_streamer_put_scaled_##SUF(fl_streamer* s, const T* e, ptrdiff_t n, T k,      \
-                                                const T* w, T k2, ptrdiff_t y, T gy) {            \
-    /* appends e_j k - w_j k2 (w NULL: - k2), with gy in place of item y, a chunk at a time */    \
-    T buf[FL_BLK];                                                                                \
-    for (ptrdiff_t j0 = 0; j0 < n; j0 += FL_BLK) {                                                \
-        ptrdiff_t m = n - j0 < FL_BLK ? n - j0 : FL_BLK, q;                                       \
-        const T* es = e + j0;                                                                     \
-        if (k2 == 0) { for (q = 0; q < m; q++) buf[q] = es[q] * k; }                              \
-        else if (w == NULL) { for (q = 0; q < m; q++) buf[q] = es[q] * k - k2; }                  \
-        else { const T* ws = w + j0; for (q = 0; q < m; q++) buf[q] = es[q] * k - ws[q] * k2; }   \
-        if (y >= j0 && y < j0 + m) buf[y - j0] = gy;                                              \
-        fl_streamer_put_##SUF(s, buf, m);                                                         \
-    }                                                                                             \
-}                                                                                                 \
 static inline void fl_streamer_end_##SUF(fl_streamer* s) {                                        \
     for (ptrdiff_t q = 0; q < s->SUF.pn; q++) s->SUF.d[q - s->SUF.pn] = s->SUF.pend[q];           \
     s->SUF.pn = 0;                                                                                \
@@ -122,5 +123,37 @@ static inline void fl_streamer_end_##SUF(fl_streamer* s) {                      
 
 FL_STREAMER(float, f)
 FL_STREAMER(double, d)
+FL_STREAMER(uint16_t, h)
+
+/* FL_SCALE_SUB_INTO(DST, CVT, e, m, k, w, k2): DST_j = CVT(e_j k - w_j k2) (w NULL: - k2;
+ * k2 == 0: e_j k), j < m: the softmax gradient's scaling of a chunk on its way out
+ * (fl_row_scale_sub's values; CVT rounds them to the destination's type). fl_scale_sub_SUF(buf,
+ * e, m, k, w, k2) stores them as they are; fl_streamer_put_scaled_SUF appends them, with gy in
+ * place of item y, a chunk at a time */
+#define FL_SCALE_SUB_INTO(DST, CVT, e, m, k, w, k2)                                                \
+    do {                                                                                           \
+        ptrdiff_t q_;                                                                              \
+        if ((k2) == 0) { for (q_ = 0; q_ < (m); q_++) (DST)[q_] = CVT((e)[q_] * (k)); }            \
+        else if ((w) == NULL) { for (q_ = 0; q_ < (m); q_++) (DST)[q_] = CVT((e)[q_] * (k) - (k2)); } \
+        else { for (q_ = 0; q_ < (m); q_++) (DST)[q_] = CVT((e)[q_] * (k) - (w)[q_] * (k2)); }     \
+    } while (0)
+#define FL_SAME(v) (v)
+#define FL_SCALE_SUB(T, SUF)                                                                      \
+static inline void fl_scale_sub_##SUF(T* buf, const T* e, ptrdiff_t m, T k, const T* w, T k2) {   \
+    FL_SCALE_SUB_INTO(buf, FL_SAME, e, m, k, w, k2);                                              \
+}                                                                                                 \
+static inline void fl_streamer_put_scaled_##SUF(fl_streamer* s, const T* e, ptrdiff_t n, T k,     \
+                                                const T* w, T k2, ptrdiff_t y, T gy) {            \
+    T buf[FL_BLK];                                                                                \
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += FL_BLK) {                                                \
+        ptrdiff_t m = n - j0 < FL_BLK ? n - j0 : FL_BLK;                                          \
+        fl_scale_sub_##SUF(buf, e + j0, m, k, w == NULL ? NULL : w + j0, k2);                     \
+        if (y >= j0 && y < j0 + m) buf[y - j0] = gy;                                              \
+        fl_streamer_put_##SUF(s, buf, m);                                                         \
+    }                                                                                             \
+}
+
+FL_SCALE_SUB(float, f)
+FL_SCALE_SUB(double, d)
 
 #endif /* FASTLOSS_STREAM_H */

@@ -1,15 +1,18 @@
 """The Cython/OpenMP backend: a thin adapter over the compiled ``fastloss._kernels``.
 
 The same Cython source is compiled up to three times (see setup.py): ``fastloss._kernels`` runs
-on any CPU, ``fastloss._kernels_avx2`` needs AVX2 and FMA, ``fastloss._kernels_avx512`` needs
-AVX-512 F/DQ/BW/VL. This module loads the best build the CPU runs (asked through gcc's
+on any CPU, ``fastloss._kernels_avx2`` needs AVX2, FMA and F16C, ``fastloss._kernels_avx512``
+needs AVX-512 F/DQ/BW/VL (and F16C). This module loads the best build the CPU runs (asked through gcc's
 ``__builtin_cpu_supports``, which also checks that the OS saves the vector state, from the
 baseline module) and the baseline otherwise. ``FASTLOSS_CYTHON_ISA=baseline`` (or ``avx2``,
 ``avx512``) in the environment forces the choice.
 
 Exports exactly the kernel names of ``fastloss.backends`` (the kernels handle ``None`` for every
 optional array themselves), ``fast_call`` (the road's checks in C for every loss's common call), plus
-``OPENMP``, ``ISA`` and ``BUILD_INFO``.
+``OPENMP``, ``ISA`` and ``BUILD_INFO``. Every kernel takes float16 (``np.float16``) and bfloat16
+(its bits as ``np.uint16``) arrays as well, converting them as it reads them (kernels/fl_half.h:
+F16C in the AVX2 and AVX-512 builds, portable bit manipulation in the baseline); ``fast_call``
+leaves them to the general road.
 """
 
 import importlib

@@ -9,7 +9,8 @@
  * ternaries become vector selects) so that the loops over them vectorise, and work in double,
  * except the _f variants of the items with exp/log (the newer of those, from log_cosh on, take
  * and return the element type T, so that a float loop stays in float lanes; their _d variants
- * are the float64 formulas). */
+ * are the float64 formulas) and the float (_f) variants of the simple items, which the
+ * half-precision kernels run. */
 #ifndef FASTLOSS_FORMULAS_H
 #define FASTLOSS_FORMULAS_H
 
@@ -30,48 +31,54 @@ FL_INLINE double fl_pow_neg_sign(double g) {
 
 /* ---- elementwise losses --------------------------------------------------------------------- */
 
-/* 0.5 d^2 if |d| <= delta else delta (|d| - delta/2);  g = clip(d, -delta, delta) (NaN kept) */
-FL_INLINE double fl_huber_item(double d, double delta, double* g) {
-    double ad = fabs(d);
-    double gg = d > delta ? delta : d;
-    *g = d < -delta ? -delta : gg;
-    return ad <= delta ? 0.5 * d * d : delta * (ad - 0.5 * delta);
+/* The items below are written once, for T = double (fl_huber_item, ...: the float32 and float64
+ * kernels, formulas.pxd) and for T = float (fl_huber_item_f, ...: the half-precision kernels,
+ * which compute in float32, 16 float lanes to a vector). */
+#define FL_ABS_double fabs
+#define FL_ABS_float fabsf
+#define FL_SIMPLE_ITEMS(T, SUF)                                                                    \
+/* 0.5 d^2 if |d| <= delta else delta (|d| - delta/2);  g = clip(d, -delta, delta) (NaN kept) */   \
+FL_INLINE T fl_huber_item##SUF(T d, T delta, T* g) {                                               \
+    T ad = FL_ABS_##T(d);                                                                          \
+    T gg = d > delta ? delta : d;                                                                  \
+    *g = d < -delta ? -delta : gg;                                                                 \
+    return ad <= delta ? (T)0.5 * d * d : delta * (ad - (T)0.5 * delta);                           \
+}                                                                                                  \
+/* y = +1 if t > 0 else -1; h = max(0, margin - y x) (NaN kept); h or h^2 */                      \
+FL_INLINE T fl_hinge_item##SUF(T x, T t, T margin, int squared, T* g) {                           \
+    T y = t > 0 ? (T)1 : (T)-1;                                                                    \
+    T z = margin - y * x;                                                                          \
+    T h = z <= 0 ? (T)0 : z;                                                                       \
+    if (squared) { *g = (T)-2 * h * y; return h * h; }                                             \
+    *g = z > 0 ? -y : (T)0;                                                                        \
+    return h;                                                                                      \
+}                                                                                                  \
+/* d^2;  g = 2 d */                                                                                \
+FL_INLINE T fl_mse_item##SUF(T d, T* g) {                                                          \
+    *g = (T)2 * d;                                                                                 \
+    return d * d;                                                                                  \
+}                                                                                                  \
+/* |d|;  g = sign(d), with sign(0) = 0 and sign(NaN) = NaN */                                      \
+FL_INLINE T fl_mae_item##SUF(T d, T* g) {                                                          \
+    T s = d < 0 ? (T)-1 : d;                                                                       \
+    *g = d > 0 ? (T)1 : s;                                                                         \
+    return FL_ABS_##T(d);                                                                          \
+}                                                                                                  \
+/* 0.5 d^2 / beta if |d| < beta else |d| - beta/2;  g = d / beta or sign(d) (sign(0) = 0, NaN    \
+ * kept). beta == 0 is L1 (the first branch is never taken). 1/beta is loop-invariant: a loop     \
+ * hoists it. */                                                                                   \
+FL_INLINE T fl_smooth_l1_item##SUF(T d, T beta, T* g) {                                            \
+    T ib = (T)1 / beta;                                                                            \
+    T ad = FL_ABS_##T(d);                                                                          \
+    int small = ad < beta;                                                                         \
+    T s = d < 0 ? (T)-1 : d;                                                                       \
+    T sg = d > 0 ? (T)1 : s;                                                                       \
+    *g = small ? d * ib : sg;                                                                      \
+    return small ? (T)0.5 * d * d * ib : ad - (T)0.5 * beta;                                       \
 }
 
-/* y = +1 if t > 0 else -1; h = max(0, margin - y x); h or h^2 */
-FL_INLINE double fl_hinge_item(double x, double t, double margin, int squared, double* g) {
-    double y = t > 0 ? 1.0 : -1.0;
-    double z = margin - y * x;
-    double h = fl_relu_keep_nan(z);
-    if (squared) { *g = -2.0 * h * y; return h * h; }
-    *g = z > 0 ? -y : 0.0;
-    return h;
-}
-
-/* d^2;  g = 2 d */
-FL_INLINE double fl_mse_item(double d, double* g) {
-    *g = 2.0 * d;
-    return d * d;
-}
-
-/* |d|;  g = sign(d), with sign(0) = 0 and sign(NaN) = NaN */
-FL_INLINE double fl_mae_item(double d, double* g) {
-    double s = d < 0 ? -1.0 : d;
-    *g = d > 0 ? 1.0 : s;
-    return fabs(d);
-}
-
-/* 0.5 d^2 / beta if |d| < beta else |d| - beta/2;  g = d / beta or sign(d) (sign(0) = 0, NaN kept).
- * beta == 0 is L1 (the first branch is never taken). 1/beta is loop-invariant: a loop hoists it. */
-FL_INLINE double fl_smooth_l1_item(double d, double beta, double* g) {
-    double ib = 1.0 / beta;
-    double ad = fabs(d);
-    int small = ad < beta;
-    double s = d < 0 ? -1.0 : d;
-    double sg = d > 0 ? 1.0 : s;
-    *g = small ? d * ib : sg;
-    return small ? 0.5 * d * d * ib : ad - 0.5 * beta;
-}
+FL_SIMPLE_ITEMS(double, )
+FL_SIMPLE_ITEMS(float, _f)
 
 /* tanh(a) for 0 <= a < 0.625 (Cephes: a + a^3 P(a^2), float ~1 ulp; double a rational form) */
 FL_INLINE float fl_tanh_small_f(float a) {

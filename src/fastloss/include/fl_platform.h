@@ -33,12 +33,12 @@
 #define FL_ISA_NAME "generic"
 #endif
 
-/* 1 if this CPU (and the OS) can run the AVX2+FMA build. (inline: unused where this header is
- * included for the formulas alone) */
+/* 1 if this CPU (and the OS) can run the AVX2+FMA build (which also converts float16 with F16C).
+ * (inline: unused where this header is included for the formulas alone) */
 static inline int fl_cpu_has_avx2_fma(void) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     return 0;
 #endif
