@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastloss
-from cases import OPTION_CASES, backend_or_skip, call, make_inputs, seeded_rng
+from cases import BFLOAT16, OPTION_CASES, backend_or_skip, call, make_inputs, seeded_rng
 from fastloss._specs import SPECS
 
 
@@ -16,12 +16,14 @@ def resident_bytes():
         return int(f.read().split()[1]) * 4096
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float16, BFLOAT16), ids=("f32", "f16", "bf16"))
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize("backend", ("cython", "numba"))
-def test_inplace_gradient_allocates_no_input_sized_temporary(backend, name):
+def test_inplace_gradient_allocates_no_input_sized_temporary(backend, name, dtype):
+    """out=x: no N x C temporary (for half logits, no float32 copy either: that would be 200 %)."""
     backend_or_skip(backend)
     _, rng = seeded_rng()
-    x, t, opts = make_inputs(name, OPTION_CASES[name][0], np.float32, rng, (512, 1000))
+    x, t, opts = make_inputs(name, OPTION_CASES[name][0], dtype, rng, (512, 1000))
     call(name, "loss_and_grad", x.copy(), t, backend=backend, **opts)  # compile / warm up
     tracemalloc.start()
     try:
