@@ -28,7 +28,9 @@ def value_and_grad(fn, x, reduction, seed=99):
     """The loss and d(loss . r)/dx for a random r ('none') or d(loss)/dx (reduced)."""
     x = x.detach().clone().requires_grad_(True)
     loss = fn(x)
-    r = torch.rand(loss.shape, generator=gen(seed), dtype=loss.dtype) + 0.5 if reduction == "none" else 1.0
+    # r drawn in float64 whatever the dtype (torch.rand draws other numbers in other dtypes)
+    r = (torch.rand(loss.shape, generator=gen(seed), dtype=torch.float64) + 0.5).to(loss.dtype) \
+        if reduction == "none" else 1.0
     (loss * r).sum().backward()
     return loss.detach(), x.grad
 
@@ -446,7 +448,8 @@ def test_half_backward_with_a_scale_rounds_once(dtype):
     x, y = ce_inputs((64, 33), torch.float32)
     xh = x.to(dtype).requires_grad_(True)
     (ft.cross_entropy(xh, y, label_smoothing=0.1) * 0.3).backward()
-    want = fastloss.softmax_xent_grad(_as_numpy(xh), y.numpy(), label_smoothing=0.1, grad_output=0.3)
+    scale = torch.tensor(0.3, dtype=dtype).item()  # what autograd hands the backward: 0.3 in the half dtype
+    want = fastloss.softmax_xent_grad(_as_numpy(xh), y.numpy(), label_smoothing=0.1, grad_output=scale)
     assert torch.equal(xh.grad.view(torch.int16), torch.from_numpy(want.view("int16")))
 
 
