@@ -31,7 +31,10 @@ def test_inplace_gradient_allocates_no_input_sized_temporary(backend, name, dtyp
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 0.01 * x.nbytes, f"peak traced memory {peak} bytes for {x.nbytes}-byte logits"
+    # 1 % of float32 logits; half logits (half the bytes, the same few kB of Python-level views)
+    # get the 10 % -- a float32 copy of them would be 200 %
+    bound = 0.01 if dtype is np.float32 else 0.1
+    assert peak < bound * x.nbytes, f"peak traced memory {peak} bytes for {x.nbytes}-byte logits"
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="needs /proc")
