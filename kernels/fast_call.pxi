@@ -36,7 +36,7 @@ _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2, "batchmean": 3}
 
 
 cdef struct Call:
-    # one validated call, as the kernels take it
+    # one validated call, as the kernels take it (fast_call's and the XLA FFI handler's)
     Loss loss
     EwKind kind
     EwParams prm              # elementwise: a, b, flag, n_pw
@@ -49,13 +49,18 @@ cdef struct Call:
     double w_sum, eps, z, a, b
     int64_t ignore_index
     bint squared, crammer_singer
+    bint f32                  # float32 (and half) arrays, else float64
+    int half                  # 0, HALF_F16 or HALF_BF16: the arrays hold that type's bits
+    double batch              # 'batchmean' divides by this (the input's first dim)
     void* g
     double gscale
+    const double* gscale_arr  # per-item grad_output, or NULL
     void* lo
+    int n_threads
 
 
-cdef double _run_call(Call* c, bint f32) noexcept nogil:
-    if f32:
+cdef double _run_call(Call* c) noexcept nogil:
+    if c.f32:
         return _run_typed[float](c, <float*>NULL)
     return _run_typed[double](c, <double*>NULL)
 
@@ -64,19 +69,70 @@ cdef double _run_typed(Call* c, floating* typed) noexcept nogil:
     cdef const floating* x = <const floating*>c.x
     if c.loss == L_SOFTMAX_XENT:
         return _softmax_xent_all(x, c.lab, <const floating*>c.w, c.w_sum, c.N, c.C, c.ignore_index,
-                                 c.eps, c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
+                                 c.eps, c.z, <floating*>c.g, c.gscale, c.gscale_arr, <floating*>c.lo,
+                                 c.n_threads, c.half)
     if c.loss == L_SOFTMAX_XENT_PROBS:
         return _softmax_xent_probs_all(x, <const floating*>c.t, <const floating*>c.w, c.N, c.C, c.eps,
-                                       c.z, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
+                                       c.z, <floating*>c.g, c.gscale, c.gscale_arr, <floating*>c.lo,
+                                       c.n_threads, c.half)
     if c.loss == L_MULTICLASS_HINGE:
         return _multiclass_hinge_all(x, c.lab, <const floating*>c.w, c.N, c.C, c.a, c.squared,
-                                     c.crammer_singer, <floating*>c.g, c.gscale, NULL, <floating*>c.lo,
-                                     1, 0)
+                                     c.crammer_singer, <floating*>c.g, c.gscale, c.gscale_arr,
+                                     <floating*>c.lo, c.n_threads, c.half)
     if c.loss == L_COSINE_SIMILARITY:
-        return _cosine_similarity_all(x, <const floating*>c.t, c.N, c.C, <floating*>c.g, c.gscale, NULL,
-                                      <floating*>c.lo, 1, 0)
+        return _cosine_similarity_all(x, <const floating*>c.t, c.N, c.C, <floating*>c.g, c.gscale,
+                                      c.gscale_arr, <floating*>c.lo, c.n_threads, c.half)
     return _elementwise_all(c.kind, x, <const floating*>c.t, <const floating*>c.w, <const floating*>c.pw,
-                            c.prm, c.N, <floating*>c.g, c.gscale, NULL, <floating*>c.lo, 1, 0)
+                            c.prm, c.N, <floating*>c.g, c.gscale, c.gscale_arr, <floating*>c.lo,
+                            c.n_threads, c.half)
+
+
+cdef enum:
+    CALL_DONE = -1
+    CALL_NO_MEMORY = -2
+
+
+cdef Py_ssize_t _checked_run(Call* c, int red, double g0, double* value) noexcept nogil:
+    """The general road's label and binary-label pre-passes, the mean's denominator and the
+    kernels, for a Call with N >= 1 whose w_sum, gscale and n_threads are still to be set:
+    CALL_DONE with value[0] the reduced loss ('sum': the total, 'mean'/'batchmean': divided),
+    the position of the first bad label (nothing written), or CALL_NO_MEMORY."""
+    cdef double denom = <double>c.N, v
+    cdef Py_ssize_t y
+    cdef bint has_ignore
+    cdef float* wf = NULL
+    if c.lab != NULL:
+        has_ignore = c.loss == L_SOFTMAX_XENT
+        if c.f32:
+            v, y = _label_weight_sum[float](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const float*>c.w, c.half)
+        else:
+            v, y = _label_weight_sum[double](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const double*>c.w, 0)
+        if y >= 0:
+            return y
+        if has_ignore:
+            denom = v
+    if c.loss == L_ELEMENTWISE and c.kind == EW_HINGE:
+        y = (_first_bad_label[float](<const float*>c.t, c.N, c.n_threads, c.half) if c.f32
+             else _first_bad_label[double](<const double*>c.t, c.N, c.n_threads, 0))
+        if y >= 0:
+            return y
+    if red == 3:
+        denom = c.batch
+    if c.half and c.w != NULL and c.loss != L_ELEMENTWISE:
+        # the row kernels take half class weights as one float row
+        wf = <float*>malloc(c.C * sizeof(float))
+        if wf == NULL:
+            return CALL_NO_MEMORY
+        fl_half_load(c.half, <const uint16_t*>c.w, wf, c.C)
+        c.w = wf
+    c.w_sum = <double>c.C
+    if c.w != NULL and c.loss == L_SOFTMAX_XENT:
+        c.w_sum = row_total[float](<const float*>c.w, c.C) if c.f32 else row_total[double](<const double*>c.w, c.C)
+    c.gscale = g0 / denom if (red == 0 or red == 3) else g0
+    v = _run_call(c)
+    free(wf)
+    value[0] = v / denom if (red == 0 or red == 3) else v
+    return CALL_DONE
 
 
 cdef inline bint _plain(object a, int typenum, bint writeable) noexcept:
@@ -165,6 +221,75 @@ cdef object _int64_labels(object labels, Py_ssize_t n):
     return converted
 
 
+cdef object _scalar_options(Call* c, str loss, dict options, dict defaults):
+    """Set c's option fields from ``options`` (the rest from ``defaults``, the loss's options),
+    each of the exact type the general road converts; (weight, pos_weight) as given (unchecked),
+    or None for anything else (an unknown option, a value of another type or out of range)."""
+    cdef Py_ssize_t matched = 0
+    weight = pos_weight = None
+    c.eps = c.z = c.a = c.b = 0.0  # every field set: options the loss lacks stay zero
+    c.ignore_index = 0
+    c.squared = c.crammer_singer = False
+    c.prm.flag = 0
+    c.prm.n_pw = 0
+    c.loss = <Loss><int>_LOSSES[loss]
+    c.kind = <EwKind><int>_EW_KINDS.get(loss, 0)
+    for key, value in defaults.items():
+        if key in options:
+            value = options[key]
+            matched += 1
+        if key == "weight":
+            weight = value
+        elif key == "pos_weight":
+            pos_weight = value
+        elif key == "ignore_index":
+            if type(value) is not int:
+                return None
+            try:
+                c.ignore_index = value
+            except OverflowError:
+                return None
+        elif key == "label_smoothing":
+            if not _real(value, &c.eps) or not (0.0 <= c.eps <= 1.0):
+                return None
+        elif key == "z_loss":
+            if not _real(value, &c.z) or not c.z >= 0.0:
+                return None
+        elif key == "delta":
+            if not _real(value, &c.a) or not (0.0 < c.a <= INFINITY):
+                return None
+        elif key == "margin" or key == "alpha":
+            if not _real(value, &c.a) or not isfinite(c.a):
+                return None
+        elif key == "beta" or key == "eps":
+            if not _real(value, &c.a) or not (0.0 <= c.a < INFINITY):
+                return None
+        elif key == "gamma":
+            if not _real(value, &c.b) or not (0.0 <= c.b < INFINITY):
+                return None
+        elif key == "squared" or key == "log_target":
+            if type(value) is not bool:
+                return None
+            c.squared = value
+            c.prm.flag = 1 if value else 0
+        elif key == "log_input" or key == "full":
+            if type(value) is not bool:
+                return None
+            if value:
+                c.prm.flag |= EW_LOG_INPUT if key == "log_input" else EW_FULL
+        elif key == "mode":
+            if value != "crammer_singer" and value != "weston_watkins":
+                return None
+            c.crammer_singer = value == "crammer_singer"
+        else:
+            return None
+    if matched != len(options):  # an unknown option: the general road names it
+        return None
+    c.prm.a = c.a
+    c.prm.b = c.b
+    return weight, pos_weight
+
+
 def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, dict options,
               dict defaults, Py_ssize_t parallel_min):
     """The public entry point's result for the common host call of ``loss`` with ``options``
@@ -176,12 +301,11 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
     cdef object eid = _ENTRIES.get(entry)
     cdef object rid = _REDUCTIONS.get(reduction)
     cdef int typenum, ndim, want, red, item_ndim
-    cdef Py_ssize_t n, y
+    cdef Py_ssize_t n
     cdef const cnp.npy_intp* dims
-    cdef double g0 = 1.0, denom, total, v
-    cdef bint f32, rows, has_ignore = False
-    cdef Py_ssize_t matched
-    cdef object weight = None, pos_weight = None, labels = None, grad = None, loss_out = None
+    cdef double g0 = 1.0, total
+    cdef bint f32, rows
+    cdef object labels = None, grad = None, loss_out = None
     if lid is None or eid is None or rid is None or type(x) is not cnp.ndarray:
         return NotImplemented
     if _plain(x, cnp.NPY_FLOAT32, False):
@@ -207,76 +331,19 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
             return NotImplemented
 
     # options: each one of the loss (its defaults), of the exact type the general road converts
-    c.eps = c.z = c.a = c.b = 0.0  # every field set: options the loss lacks stay zero
-    c.ignore_index = 0
-    c.squared = c.crammer_singer = False
-    c.prm.flag = 0
-    c.prm.n_pw = 0
-    if c.loss == L_ELEMENTWISE:
-        c.kind = <EwKind><int>_EW_KINDS[loss]
-    matched = 0
-    for key, value in defaults.items():
-        if key in options:
-            value = options[key]
-            matched += 1
-        if key == "weight":
-            if value is not None:
-                if not _plain(value, typenum, False):
-                    return NotImplemented
-                if not (_shape_is(value, 1, dims + ndim - 1) if rows else _shape_is(value, ndim, dims)):
-                    return NotImplemented
-                weight = value
-        elif key == "pos_weight":
-            if value is not None:
-                if ndim == 0 or not _plain(value, typenum, False) or not _shape_is(value, 1, dims + ndim - 1):
-                    return NotImplemented
-                pos_weight = value
-                c.prm.n_pw = dims[ndim - 1]
-        elif key == "ignore_index":
-            if type(value) is not int:
-                return NotImplemented
-            try:
-                c.ignore_index = value
-            except OverflowError:
-                return NotImplemented
-        elif key == "label_smoothing":
-            if not _real(value, &c.eps) or not (0.0 <= c.eps <= 1.0):
-                return NotImplemented
-        elif key == "z_loss":
-            if not _real(value, &c.z) or not c.z >= 0.0:
-                return NotImplemented
-        elif key == "delta":
-            if not _real(value, &c.a) or not (0.0 < c.a <= INFINITY):
-                return NotImplemented
-        elif key == "margin" or key == "alpha":
-            if not _real(value, &c.a) or not isfinite(c.a):
-                return NotImplemented
-        elif key == "beta" or key == "eps":
-            if not _real(value, &c.a) or not (0.0 <= c.a < INFINITY):
-                return NotImplemented
-        elif key == "gamma":
-            if not _real(value, &c.b) or not (0.0 <= c.b < INFINITY):
-                return NotImplemented
-        elif key == "squared" or key == "log_target":
-            if type(value) is not bool:
-                return NotImplemented
-            c.squared = value
-            c.prm.flag = 1 if value else 0
-        elif key == "log_input" or key == "full":
-            if type(value) is not bool:
-                return NotImplemented
-            if value:
-                c.prm.flag |= EW_LOG_INPUT if key == "log_input" else EW_FULL
-        elif key == "mode":
-            if value != "crammer_singer" and value != "weston_watkins":
-                return NotImplemented
-            c.crammer_singer = value == "crammer_singer"
-        else:
-            return NotImplemented
-    if matched != len(options):  # an unknown option: the general road names it
+    arrays = _scalar_options(&c, loss, options, defaults)
+    if arrays is None:
         return NotImplemented
-    c.prm.a = c.a
-    c.prm.b = c.b
+    weight, pos_weight = arrays
+    if weight is not None:
+        if not _plain(weight, typenum, False):
+            return NotImplemented
+        if not (_shape_is(weight, 1, dims + ndim - 1) if rows else _shape_is(weight, ndim, dims)):
+            return NotImplemented
+    if pos_weight is not None:
+        if ndim == 0 or not _plain(pos_weight, typenum, False) or not _shape_is(pos_weight, 1, dims + ndim - 1):
+            return NotImplemented
+        c.prm.n_pw = dims[ndim - 1]
 
     # targets: class labels of the batch shape, or floats of the input's shape and dtype
     if type(target) is not cnp.ndarray:
@@ -308,34 +375,12 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
             if other is not None and _overlap(out, other):
                 return NotImplemented
 
-    # the label and binary-label pre-passes (a bad label: the general road raises) and the mean's
-    # denominator, as the general road computes them
+    # allocate, then the pre-passes (a bad label: the general road raises; nothing was written),
+    # the mean's denominator and the kernels, as the general road runs them
     c.w = NULL if weight is None else cnp.PyArray_DATA(<cnp.ndarray>weight)
     c.pw = NULL if pos_weight is None else cnp.PyArray_DATA(<cnp.ndarray>pos_weight)
-    denom = <double>c.N
-    if c.lab != NULL:
-        has_ignore = c.loss == L_SOFTMAX_XENT
-        if f32:
-            v, y = _label_weight_sum[float](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const float*>c.w, 0)
-        else:
-            v, y = _label_weight_sum[double](c.lab, c.N, c.C, c.ignore_index, has_ignore, <const double*>c.w, 0)
-        if y >= 0:
-            return NotImplemented
-        if has_ignore:
-            denom = v
-    if c.loss == L_ELEMENTWISE and c.kind == EW_HINGE:
-        y = (_first_bad_label[float](<const float*>c.t, n, 1, 0) if f32
-             else _first_bad_label[double](<const double*>c.t, n, 1, 0))
-        if y >= 0:
-            return NotImplemented
-    if red == 3:
-        denom = <double>dims[0] if ndim else 1.0
-    c.w_sum = <double>c.C
-    if c.w != NULL and c.loss == L_SOFTMAX_XENT:
-        c.w_sum = row_total[float](<const float*>c.w, c.C) if f32 else row_total[double](<const double*>c.w, c.C)
-    c.gscale = g0 / denom if (red == 0 or red == 3) else g0
-
-    # allocate, run, reduce
+    c.f32, c.half, c.n_threads, c.gscale_arr = f32, 0, 1, NULL
+    c.batch = <double>dims[0] if ndim else 1.0
     c.g = c.lo = NULL
     if want != 0:
         grad = out if out is not None else cnp.PyArray_EMPTY(ndim, <cnp.npy_intp*>dims, typenum, 0)
@@ -344,13 +389,9 @@ def fast_call(str loss, str entry, x, target, out, str reduction, grad_output, d
         loss_out = cnp.PyArray_EMPTY(item_ndim, <cnp.npy_intp*>dims, typenum, 0)
         c.lo = cnp.PyArray_DATA(<cnp.ndarray>loss_out)
     c.x = cnp.PyArray_DATA(<cnp.ndarray>x)
-    total = _run_call(&c, f32)
+    if _checked_run(&c, red, g0, &total) != CALL_DONE:
+        return NotImplemented
     if want == 1:
         return grad
-    if red == 2:
-        value = loss_out
-    else:
-        if red != 1:
-            total = total / denom
-        value = (_np_float32 if f32 else _np_float64)(total)
+    value = loss_out if red == 2 else (_np_float32 if f32 else _np_float64)(total)
     return value if want == 0 else (value, grad)
