@@ -105,6 +105,7 @@ cdef extern from "fl_half.h" nogil:
         HALF_BF16 "FL_HALF_BF16"
     float fl_half_to_float(int kind, uint16_t h)
     uint16_t fl_float_to_half(int kind, float f)
+    uint16_t fl_double_to_half(int kind, double d)
     void fl_half_load(int kind, const uint16_t* src, float* dst, Py_ssize_t n)
     void fl_half_put(int kind, fl_streamer* st, uint16_t* dst, const float* src, Py_ssize_t n)
     void fl_half_put_scaled(int kind, fl_streamer* st, uint16_t* dst, const float* e, Py_ssize_t n, float k,

@@ -8,6 +8,7 @@
  * baseline build); both give the same bits (NaN payloads too). bfloat16 is always integer code:
  * a load is a shift; the store rounds on the bits (vcvtneps2bf16 would flush subnormals to 0).
  *   fl_half_to_float(kind, h) / fl_float_to_half(kind, f)    one value
+ *   fl_double_to_half(kind, d)         a double rounded once (a sum's mean)
  *   fl_half_load(kind, src, dst, n)    dst[0:n] = float(src[0:n])
  *   fl_half_store(kind, src, dst, n)   dst[0:n] = half(src[0:n])
  *   fl_half_put(kind, st, dst, src, n) half(src[0:n]) to dst, or appended to st's region (st not NULL)
@@ -20,6 +21,7 @@
 
 #include "fastloss/include/fl_vecmath.h"  /* fl_f32u */
 #include "fl_stream.h"
+#include <math.h>  /* fabs */
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -92,6 +94,22 @@ FL_INLINE float fl_half_to_float(int kind, uint16_t h) {
 
 FL_INLINE uint16_t fl_float_to_half(int kind, float f) {
     return kind == FL_HALF_BF16 ? fl_float_to_bf16(f) : fl_float_to_f16(f);
+}
+
+/* A double rounded once to the half type (as NumPy's float16(d) and ml_dtypes' bfloat16(d)):
+ * first to float rounding to odd (toward zero, the last bit set when inexact), which keeps the
+ * float's 13+ spare bits from creating a false tie, then to the half type to nearest even. */
+FL_INLINE uint16_t fl_double_to_half(int kind, double d) {
+    float f = (float)d;
+    if ((double)f != d && d == d) {
+        fl_f32u u;
+        u.f = f;
+        if (fabs((double)f) > fabs(d))
+            u.u -= 1;  /* rounded away from zero (to inf at most): one step back toward zero */
+        u.u |= 1;
+        f = u.f;
+    }
+    return fl_float_to_half(kind, f);
 }
 
 /* ---- arrays ---------------------------------------------------------------------------------- */
