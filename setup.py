@@ -38,6 +38,7 @@ SOURCES_DEPENDS = (
     [os.path.join(KERNELS, name) for name in ("fl_stream.h", "fl_rows.h", "fl_lanes.h", "fl_elementwise.h", "fl_half.h",
                                                "_common.pxi", "_elementwise.pxi", "softmax_xent.pxi",
                                                "multiclass_hinge.pxi", "cosine_similarity.pxi", "fast_call.pxi",
+                                               "xla_ffi.pxi", "fl_xla_ffi.h",
                                                "_kernels.pyx")]
     + [os.path.join("src", "fastloss", "include", name) for name in ("fl_platform.h", "fl_vecmath.h", "fl_formulas.h")]
     + [os.path.join("src", "fastloss", "formulas.pxd")]

@@ -26,6 +26,7 @@ include "multiclass_hinge.pxi"
 include "cosine_similarity.pxi"
 include "_elementwise.pxi"
 include "fast_call.pxi"
+include "xla_ffi.pxi"
 
 OPENMP = bool(FL_HAVE_OPENMP)
 """True when this module was compiled with OpenMP (otherwise every kernel runs serially)."""

@@ -15,6 +15,13 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
+_watchers = []  # told the thread count now and at every change (compiled code that keeps its own)
+
+
+def on_change(fn):
+    """Call ``fn(n_threads)`` now and whenever the thread count changes."""
+    _watchers.append(fn)
+    fn(_num_threads)
 
 
 def set_num_threads(n):
@@ -26,6 +33,8 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     _num_threads = n
+    for fn in _watchers:
+        fn(n)
 
 
 def get_num_threads():
