@@ -55,3 +55,13 @@ def backend(request):
     """Every backend, cuda included (skipped where unavailable, failed where FASTLOSS_REQUIRE
     names it); a test that wants fewer parametrizes ``backend`` itself."""
     return backend_or_skip(request.param)
+
+
+@pytest.fixture
+def jax_x64():
+    """JAX with jax_enable_x64 switched on for the test (float64 arrays stay float64)."""
+    jax = pytest.importorskip("jax")
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

@@ -29,15 +29,9 @@ def _cython():
 @pytest.fixture(params=FLOATS, ids=FLOAT_IDS)
 def dtype(request):
     """float64 runs with jax_enable_x64 switched on for the test."""
-    if request.param is not np.float64:
-        yield request.param
-        return
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield np.float64
-    finally:
-        jax.config.update("jax_enable_x64", previous)
+    if request.param is np.float64:
+        request.getfixturevalue("jax_x64")
+    return request.param
 
 
 def bits(a):
