@@ -86,3 +86,113 @@ def test_small_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].split() == ["loss", "options", "backend", "median", "numpy", "numpy/fl", "target", "met"]
     assert len(lines) == 3 + len(report["results"]) + 2
+
+
+# ---- --frameworks: the structure of the section at tiny sizes (no timing asserted) ---------------
+
+TINY = {"softmax_xent": [(64, 100)], "multiclass_hinge": [(64, 100)], "cosine_similarity": [(64, 100)],
+        "elements": [(16, 40)]}
+FRAMEWORK_LOSSES = ("softmax_xent", "multiclass_hinge", "mse", "mae", "hinge", "cosine_similarity")
+
+
+def _frameworks_json(tmp_path, monkeypatch, losses=FRAMEWORK_LOSSES):
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    path = tmp_path / "frameworks.json"
+    bench.main(["--frameworks", "--quick", "--rounds", "1", "--json", str(path)]
+               + [a for name in losses for a in ("--loss", name)])
+    return json.loads(path.read_text())
+
+
+def _expected_labels(name, large):
+    labels = {"raw", "raw out="} if large else {"raw out="}
+    if bench._importable("torch"):
+        labels |= {"fl.torch", "torch"}
+    if bench._importable("jax"):
+        labels |= {"fl.jax", bench._jax_twin(name)[0]} | ({"fl.jax donated"} if large else set())
+    return labels
+
+
+def test_frameworks_section(tmp_path, monkeypatch, capsys):
+    """--frameworks --quick: every loss asked for at its (tiny) quick size and at 32x10, the rows
+    of each installed framework, ratios with their targets, the allocation policy said; the JSON
+    and both formatters."""
+    report = _frameworks_json(tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert report["section"] == "frameworks" and report["dtype"] == "float32"
+    assert {"machine", "threads", "allocation", "rounds", "missing", "results", "small"} <= set(report)
+    al = report["allocation"]
+    assert {"thp", "huge_mb", "probe_mb", "equal", "policy", "numpy_madvise"} <= set(al)
+    assert "numpy" in al["huge_mb"] and al["policy"] in out
+    assert [(r["loss"], r["shape"]) for r in report["results"]] == [
+        (name, list(TINY.get(name, TINY["elements"])[0])) for name in FRAMEWORK_LOSSES]
+    assert [r["loss"] for r in report["small"]["results"]] == [r["loss"] for r in report["results"]]
+    assert report["small"]["shape"] == [32, 10]
+    for rows, large in ((report["results"], True), (report["small"]["results"], False)):
+        for r in rows:
+            assert {"loss", "shape", "twin", "median_s", "ratios", "targets", "met", "notes"} <= set(r)
+            want = _expected_labels(r["loss"], large)
+            donated_skipped = any(n.startswith("skipped fl.jax donated") for n in r["notes"])
+            assert set(r["median_s"]) == want - ({"fl.jax donated"} if donated_skipped else set())
+            assert all(s > 0 for s in r["median_s"].values())
+            assert not any("is not the kernel's" in n for n in r["notes"]), r["notes"]  # the twins agree
+            assert set(r["met"]) == set(r["targets"]) <= set(r["ratios"])
+            if bench._importable("torch"):
+                assert ("fl.torch/raw" if large else "torch/fl.torch") in r["ratios"]
+            if bench._importable("jax"):
+                assert "twin/fl.jax" in r["ratios"] and r["targets"]["twin/fl.jax"] == ">1.0"
+    lines = out.splitlines()
+    assert lines[0].startswith("fastloss bench --frameworks") and lines[1].startswith("allocation: THP")
+    assert sum(line.startswith("targets met:") for line in lines) == 2
+    assert "small calls, 32x10" in out
+    markdown = bench.format_frameworks_markdown(report)
+    assert markdown.count("| loss | shape |") == 2
+    bench.main(["--markdown", str(tmp_path / "frameworks.json")])
+    assert capsys.readouterr().out.strip() == markdown
+
+
+@pytest.mark.parametrize("peer", ("torch", "jax"))
+def test_frameworks_without_a_peer(tmp_path, monkeypatch, peer):
+    """A framework that is not installed: its rows and ratios are left out, the rest runs."""
+    pytest.importorskip({"torch": "jax", "jax": "torch"}[peer])  # the other one runs
+    hidden = {"torch": {"torch"}, "jax": {"jax", "optax"}}[peer]
+    importable = bench._importable
+    monkeypatch.setattr(bench, "_importable", lambda m: m not in hidden and importable(m))
+    report = _frameworks_json(tmp_path, monkeypatch, ("softmax_xent", "mse"))
+    assert set(report["missing"]) >= hidden and peer not in report["machine"]
+    gone = {"torch": {"fl.torch", "torch"}, "jax": {"fl.jax", "fl.jax donated", "optax", "jax"}}[peer]
+    for r in report["results"] + report["small"]["results"]:
+        assert not gone & set(r["median_s"]) and set(r["median_s"]) & {"fl.torch", "fl.jax"}
+        assert not any(peer in k for k in r["ratios"]) if peer == "torch" else "twin/fl.jax" not in r["ratios"]
+    bench.format_frameworks(report)
+    bench.format_frameworks_markdown(report)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_framework_twins_agree(name):
+    """The frameworks' own losses the section times compute fastloss's loss and gradient."""
+    rng = np.random.default_rng(0)
+    x, t = bench.make_problem(name, (32, 10), np.float32, rng)
+    want = getattr(fastloss, name + "_and_grad")(x, t)
+    steps = {}
+    if bench._importable("torch"):
+        steps.update(bench._torch_steps(name, x, t))
+    if bench._importable("jax"):
+        twins = {"jax": bench._jax_loss(name)}
+        if bench._importable("optax"):
+            twins["optax"] = bench._optax_loss(name)
+        steps.update(bench._jax_steps(name, x, t, twins, fl=False))
+    if not steps:
+        pytest.skip("no torch or jax")
+    for label, step in steps.items():
+        loss, grad = step()
+        loss = float(loss.detach() if hasattr(loss, "detach") else loss)
+        np.testing.assert_allclose(loss, want[0], rtol=1e-4, atol=1e-7, err_msg=label)
+        np.testing.assert_allclose(np.asarray(grad), want[1], rtol=1e-3, atol=1e-6, err_msg=label)
+
+
+def test_prepared_arguments_untimed():
+    """A Prepared candidate: fresh arguments before every call (a donated buffer is used up)."""
+    made, used = [], []
+    step = bench.Prepared(lambda: (made.append(len(made)) or len(made),), lambda k: used.append(k))
+    bench.time_interleaved({"prepared": step, "plain": lambda: None}, rounds=2, min_seconds=1e-4)
+    assert made and used == list(range(1, len(made) + 1))

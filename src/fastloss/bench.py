@@ -7,6 +7,12 @@ kernel must move are its inputs read once and its gradient written once; GB/s is
 the median time, and "% copy" compares that with the copy bandwidth measured at the start with
 the same number of threads (bytes read + written by a large parallel copy: the faster of a
 memcpy and a copy with non-temporal stores, which do not read the destination).
+
+``--frameworks`` (also part of the full report) puts fastloss.torch and fastloss.jax beside the
+raw kernel (with and without ``out=``) and each framework's own loss (``torch.nn.functional``,
+optax or jax.numpy), forward + backward per call, at the large sizes and at 32x10, with the
+ratios the targets are about; every allocator gets the same huge-page policy, which the report
+names and measures.
 """
 
 import argparse
@@ -113,54 +119,36 @@ def candidates(name, x, t):
 
 
 def _peers(name, x, t):
-    peers = {}
-    if "torch" in sys.modules or _importable("torch"):
-        import torch
-        import torch.nn.functional as F
-        torch_fn = {
-            "softmax_xent": lambda a, b: F.cross_entropy(a, b),
-            "multiclass_hinge": lambda a, b: F.multi_margin_loss(a, b),
-            "sigmoid_bce": F.binary_cross_entropy_with_logits, "huber": F.huber_loss,
-            "mse": F.mse_loss, "mae": F.l1_loss, "kl_div": lambda a, b: F.kl_div(a, b, reduction="sum") / a.numel(),  # = "mean", without its warning
-            "smooth_l1": F.smooth_l1_loss, "poisson_nll": F.poisson_nll_loss,
-            "sigmoid_focal": _torch_sigmoid_focal,
-            "log_cosh": lambda a, b: torch.log(torch.cosh(a - b)).mean(),
-            "msle": lambda a, b: (torch.log1p(a.clamp(min=1e-7)) - torch.log1p(b.clamp(min=1e-7))).square().mean(),
-            "cosine_similarity": lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean(),  # ours, away from zero rows
-        }.get(name)
-        if torch_fn is not None:
-            xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-            torch.set_num_threads(fastloss.get_num_threads())
-
-            def torch_step(fn):
-                def run():  # forward + backward from a fresh leaf
-                    a = xt.detach().requires_grad_()
-                    loss = fn(a, tt)
-                    loss.backward()
-                    return loss.item(), a.grad
-                return run
-            peers["torch"] = torch_step(torch_fn)
-            fl_fn = _fastloss_torch(name)
-            if fl_fn is not None:
-                peers["fl.torch"] = torch_step(fl_fn)
+    """The main table's framework rows: PyTorch (F and fastloss.torch) and JAX's jax.numpy twin;
+    for softmax_xent optax and fastloss.jax too (--frameworks has those for every loss)."""
+    peers = _torch_steps(name, x, t)
     if _importable("jax"):
-        jax_loss = _jax_loss(name)
-        if jax_loss is not None:
-            import jax
-            vg = jax.jit(jax.value_and_grad(jax_loss))
-            xj, tj = jax.device_put(x), jax.device_put(t)
-            peers["jax"] = lambda: jax.block_until_ready(vg(xj, tj))
+        twins = {"jax": _jax_loss(name)}
         if name == "softmax_xent" and _importable("optax"):
-            import jax
-            import optax
-            import fastloss.jax as flj
-            optax_vg = jax.jit(jax.value_and_grad(
-                lambda a, b: optax.softmax_cross_entropy_with_integer_labels(a, b).mean()))
-            fl_vg = jax.jit(jax.value_and_grad(lambda a, b: flj.softmax_xent(a, b)))
-            xj, tj = jax.device_put(x), jax.device_put(t)
-            peers["optax"] = lambda: jax.block_until_ready(optax_vg(xj, tj))
-            peers["fl.jax"] = lambda: jax.block_until_ready(fl_vg(xj, tj))
+            twins["optax"] = _optax_loss(name)
+        peers.update(_jax_steps(name, x, t, twins, fl=name == "softmax_xent"))
     return peers
+
+
+# ---- the frameworks' twins: one definition each, used by the main table and --frameworks ---------
+
+def _torch_loss(name):
+    """The loss written with torch.nn.functional (or torch ops where F lacks it), reduction "mean"
+    as fastloss's, class axis = dim 1; or None."""
+    import torch
+    import torch.nn.functional as F
+    return {
+        "softmax_xent": lambda a, b: F.cross_entropy(a, b),
+        "multiclass_hinge": lambda a, b: F.multi_margin_loss(a, b),
+        "sigmoid_bce": F.binary_cross_entropy_with_logits, "huber": F.huber_loss,
+        "hinge": lambda a, b: F.relu(1 - a * b).mean(),  # no F twin: F.hinge_embedding_loss is another loss
+        "mse": F.mse_loss, "mae": F.l1_loss, "kl_div": lambda a, b: F.kl_div(a, b, reduction="sum") / a.numel(),  # = "mean", without its warning
+        "smooth_l1": F.smooth_l1_loss, "poisson_nll": F.poisson_nll_loss,
+        "sigmoid_focal": _torch_sigmoid_focal,
+        "log_cosh": lambda a, b: torch.log(torch.cosh(a - b)).mean(),
+        "msle": lambda a, b: (torch.log1p(a.clamp(min=1e-7)) - torch.log1p(b.clamp(min=1e-7))).square().mean(),
+        "cosine_similarity": lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean(),  # ours, away from zero rows
+    }.get(name)
 
 
 def _torch_sigmoid_focal(inputs, targets, alpha=0.25, gamma=2):
@@ -180,8 +168,8 @@ def _fastloss_torch(name):
     """fastloss.torch's twin of torch_fn (class axis = dim 1, as F's), or None."""
     import fastloss.torch as flt
     return {"softmax_xent": flt.cross_entropy, "sigmoid_bce": flt.binary_cross_entropy_with_logits,
-            "huber": flt.huber_loss, "mse": flt.mse_loss, "mae": flt.l1_loss,
-            "multiclass_hinge": flt.multi_margin_loss, "smooth_l1": flt.smooth_l1_loss,
+            "huber": flt.huber_loss, "hinge": flt.hinge_loss, "mse": flt.mse_loss, "mae": flt.l1_loss,
+            "multiclass_hinge": flt.multi_margin_loss, "kl_div": flt.kl_div, "smooth_l1": flt.smooth_l1_loss,
             "poisson_nll": flt.poisson_nll_loss,
             "sigmoid_focal": lambda a, b: flt.sigmoid_focal_loss(a, b, reduction="mean"),
             "log_cosh": flt.log_cosh_loss, "msle": flt.msle_loss,
@@ -189,10 +177,16 @@ def _fastloss_torch(name):
 
 
 def _jax_loss(name):
+    """The loss in jax.numpy / jax.nn, as a user without optax writes it, or None."""
     import jax
     import jax.numpy as jnp
     if name == "softmax_xent":
         return lambda a, b: jnp.mean(jax.nn.logsumexp(a, -1) - jnp.take_along_axis(a, b[:, None], -1)[:, 0])
+    if name == "multiclass_hinge":  # weston_watkins, fastloss's and F.multi_margin_loss's default
+        def multiclass_hinge(a, b):
+            m = jnp.maximum(1 + a - jnp.take_along_axis(a, b[:, None], -1), 0)
+            return jnp.sum(jnp.where(jnp.arange(a.shape[-1]) == b[:, None], 0, m)) / a.size
+        return multiclass_hinge
     if name == "mse":
         return lambda a, b: jnp.mean((a - b) ** 2)
     if name == "mae":
@@ -227,6 +221,102 @@ def _jax_loss(name):
     return None
 
 
+def _optax_loss(name):
+    """optax.losses' twin, made to compute fastloss's loss (its default options, reduction "mean"),
+    or None. optax's multiclass_hinge_loss is Crammer-Singer's (fastloss's default is Weston-Watkins'),
+    and optax 0.2.x has no l1, smooth-l1, msle or poisson loss: those get the jax.numpy twin."""
+    import optax.losses as ol
+    return {
+        "softmax_xent": lambda a, b: ol.softmax_cross_entropy_with_integer_labels(a, b).mean(),
+        "sigmoid_bce": lambda a, b: ol.sigmoid_binary_cross_entropy(a, b).mean(),
+        "huber": lambda a, b: ol.huber_loss(a, b).mean(),
+        "hinge": lambda a, b: ol.hinge_loss(a, b).mean(),
+        "mse": lambda a, b: ol.squared_error(a, b).mean(),  # = 2 * l2_loss
+        "kl_div": lambda a, b: ol.kl_divergence(a, b, axis=None) / a.size,
+        "log_cosh": lambda a, b: ol.log_cosh(a, b).mean(),
+        "sigmoid_focal": lambda a, b: ol.sigmoid_focal_loss(a, b, alpha=0.25, gamma=2.0).mean(),
+        "cosine_similarity": lambda a, b: -ol.cosine_similarity(a, b, epsilon=1e-12).mean(),
+    }.get(name)
+
+
+def _jax_twin(name):
+    """(label, loss function) of what a JAX user has: optax's where it has the loss, else the
+    jax.numpy one; (None, None) where neither."""
+    fn = _optax_loss(name) if _importable("optax") else None
+    if fn is not None:
+        return "optax", fn
+    fn = _jax_loss(name)
+    return ("jax", fn) if fn is not None else (None, None)
+
+
+def _torch_steps(name, x, t):
+    """{'torch': the F twin, 'fl.torch': fastloss.torch}, each a zero-argument forward + backward
+    from a fresh leaf (x a leaf requiring grad, its .grad cleared each call) returning (loss, grad);
+    {} without torch."""
+    if not _importable("torch"):
+        return {}
+    import torch
+    torch.set_num_threads(fastloss.get_num_threads())
+    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+
+    def step(fn):
+        leaf = xt.detach().requires_grad_()
+
+        def run():
+            leaf.grad = None
+            loss = fn(leaf, tt)
+            loss.backward()
+            return loss, leaf.grad
+        return run
+    return {label: step(fn) for label, fn in (("torch", _torch_loss(name)), ("fl.torch", _fastloss_torch(name)))
+            if fn is not None}
+
+
+class Prepared:
+    """A candidate whose every call takes fresh arguments made outside the timed region:
+    ``prepare()`` returns them (untimed), ``call(*args)`` is timed. For donated buffers, which
+    their call uses up."""
+
+    def __init__(self, prepare, call):
+        self.prepare, self.call = prepare, call
+
+    def __call__(self):
+        return self.call(*self.prepare())
+
+
+def _jax_steps(name, x, t, twins, fl=True, donated=False):
+    """JAX under ``jit(value_and_grad)``, each a zero-argument call returning (loss, grad) once
+    ready: ``twins`` ({label: loss function}, None values skipped), 'fl.jax' (fastloss.jax) with
+    ``fl``, and with ``donated`` 'fl.jax donated' (``inplace_grad=True`` under
+    ``donate_argnums=0``, a ``Prepared``). {} without jax."""
+    if not _importable("jax"):
+        return {}
+    import jax
+    xj, tj = jax.device_put(x), jax.device_put(t)
+
+    def step(fn):
+        vg = jax.jit(jax.value_and_grad(fn))
+        return lambda: jax.block_until_ready(vg(xj, tj))
+    steps = {label: step(fn) for label, fn in twins.items() if fn is not None}
+    if fl or donated:
+        import fastloss.jax as flj
+        fl_loss = getattr(flj, name)
+    if fl:
+        steps["fl.jax"] = step(lambda a, b: fl_loss(a, b))
+    if donated:
+        import jax.numpy as jnp
+        vg = jax.jit(jax.value_and_grad(lambda a, b: fl_loss(a, b, inplace_grad=True)), donate_argnums=0)
+        # Each call donates a fresh copy of x, made (and waited for) before the clock starts: the
+        # timed part is the call alone, on a buffer already faulted in, as raw's with out= is (a
+        # pool of copies would need one x per call; timing copy + call and subtracting a copy
+        # timed apart would add the noise of two medians). The fresh copy is as warm in the cache
+        # as a training step's logits, just written by the layer before; raw's x and g were last
+        # touched a candidate earlier (all three fit a large last-level cache at --quick sizes).
+        steps["fl.jax donated"] = Prepared(lambda: (jnp.array(xj, copy=True).block_until_ready(), tj),
+                                           lambda a, b: jax.block_until_ready(vg(a, b)))
+    return steps
+
+
 def _importable(module):
     import importlib.util
     return importlib.util.find_spec(module) is not None
@@ -234,26 +324,43 @@ def _importable(module):
 
 def time_interleaved(funcs, rounds, min_seconds=2e-3):
     """Median seconds per call of each function, the rounds interleaved (in an order rotated each
-    round) so that noise from other tenants hits every candidate alike. Fast calls are repeated
-    within a round."""
-    for f in funcs.values():  # warm up: compile, allocate, fault pages in
-        f()
+    round) so that noise from other tenants hits every candidate alike. Fast calls (under
+    ``min_seconds``) are repeated within a round, after one untimed call: what is timed is a hot
+    loop, whose thread pools are awake (after another candidate ran, waking a sleeping pool can
+    take milliseconds on a loaded machine, which would swamp a call of microseconds). A
+    ``Prepared`` candidate's arguments are made before each call, untimed."""
     reps = {}
     for label, f in funcs.items():
-        t0 = time.perf_counter()
-        f()
-        once = time.perf_counter() - t0
+        f()  # warm up: compile, allocate, fault pages in
+        once = _seconds_per_call(f, 1)
+        if once < min_seconds:  # the best of three, so one disturbed call does not set the count
+            once = min(once, _seconds_per_call(f, 1), _seconds_per_call(f, 1))
         reps[label] = max(1, int(min_seconds / max(once, 1e-7)))
     samples = {label: [] for label in funcs}
     labels = list(funcs)
     for r in range(rounds):
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:  # rotated: no one always first
-            f, n = funcs[label], reps[label]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            samples[label].append((time.perf_counter() - t0) / n)
+            if reps[label] > 1:
+                funcs[label]()
+            samples[label].append(_seconds_per_call(funcs[label], reps[label]))
     return {label: float(np.median(s)) for label, s in samples.items()}
+
+
+def _seconds_per_call(f, n):
+    """Mean seconds of ``n`` calls of ``f`` (a ``Prepared``: of its timed part only)."""
+    if isinstance(f, Prepared):
+        total = 0.0
+        for _ in range(n):
+            args = f.prepare()
+            t0 = time.perf_counter()
+            f.call(*args)
+            total += time.perf_counter() - t0
+            del args
+        return total / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f()
+    return (time.perf_counter() - t0) / n
 
 
 def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
@@ -585,7 +692,7 @@ def machine_info(threads):
     info = dict(date=time.strftime("%Y-%m-%d"), python=platform.python_version(),
                 platform=platform.platform(), processor=_cpu_name(), threads=threads,
                 numpy=np.__version__, fastloss=fastloss.__version__)
-    for module in ("numba", "torch", "jax"):
+    for module in ("numba", "torch", "jax", "optax"):
         if _importable(module):
             info[module] = __import__(module).__version__
     return info
@@ -696,6 +803,361 @@ def format_half(report):
     return "\n".join(lines)
 
 
+# --frameworks: fastloss inside PyTorch and JAX beside the raw kernel and each framework's own loss.
+# Every call computes the mean loss and its gradient from float32 inputs; the rows of a workload are
+# timed interleaved in one run, so only the ratios within a run compare.
+
+FRAMEWORK_RATIOS = (  # (numerator, denominator, target (op, value) or None); "twin": optax's or jax's loss
+    ("fl.torch", "raw", ("<=", 1.3)), ("fl.jax", "raw", ("<=", 1.3)), ("fl.jax donated", "raw out=", ("<=", 1.2)),
+    ("torch", "fl.torch", None), ("twin", "fl.jax", (">", 1.0)))
+SMALL_FRAMEWORK_RATIOS = (("torch", "fl.torch", (">", 1.0)), ("twin", "fl.jax", (">", 1.0)),
+                          ("fl.torch", "raw out=", None), ("fl.jax", "raw out=", None))
+_FRAMEWORK_LABELS = ("raw", "raw out=", "fl.torch", "torch", "fl.jax", "fl.jax donated", "twin")
+HUGEPAGE_PROBE_MB = 64
+
+
+def framework_sizes(quick=False):
+    """{loss: [shapes]}: the bench's large sizes (2**20 elements or more), or with ``quick`` one
+    smaller size per loss (its largest quick size)."""
+    sizes = QUICK if quick else FULL
+    pick = (lambda shapes: shapes[-1:]) if quick else (lambda shapes: [s for s in shapes if np.prod(s) >= 1 << 20])
+    return {name: pick(sizes.get(name, sizes["elements"])) for name in SPECS}
+
+
+def _twin_losses(losses):
+    """The losses that have a PyTorch twin or a JAX (optax or jax.numpy) twin in what is installed."""
+    has_torch, has_jax = _importable("torch"), _importable("jax")
+    return [name for name in losses if (has_torch and _torch_loss(name) is not None)
+            or (has_jax and _jax_twin(name)[1] is not None)]
+
+
+def run_frameworks(quick=False, losses=None, rounds=None, sizes=None, small_shape=(32, 10), min_seconds=1e-2):
+    """fastloss.torch and fastloss.jax beside the raw kernel and the frameworks' own losses, at
+    ``sizes`` (default ``framework_sizes(quick)``) and at ``small_shape`` (the hot loop), float32,
+    every loss that has a twin. Large buffers get one huge-page policy for all (see
+    ``_equal_hugepages``); the report says which. Rows of a missing framework are left out."""
+    rounds = rounds or (5 if quick else 11)
+    sizes = sizes or framework_sizes(quick)
+    rng = np.random.default_rng()
+    names = _twin_losses(losses or SPECS)
+    with _equal_hugepages() as allocation:
+        large = [_framework_workload(name, shape, rng, rounds, large=True)
+                 for name in names for shape in sizes.get(name, sizes.get("elements", []))]
+        small = [_framework_workload(name, small_shape, rng, rounds, large=False, min_seconds=min_seconds)
+                 for name in names]
+    return dict(section="frameworks", machine=machine_info(fastloss.get_num_threads()),
+                threads=_framework_threads(), allocation=allocation, dtype="float32", rounds=rounds,
+                load_avg=_load_average(),
+                missing=[m for m in ("torch", "jax", "optax") if not _importable(m)],
+                results=large, small=dict(shape=list(small_shape), results=small))
+
+
+def _framework_workload(name, shape, rng, rounds, large, min_seconds=2e-3):
+    """One loss at one shape: every candidate timed interleaved, with ratios and targets. ``large``:
+    raw without ``out=`` and the donated fl.jax call too (the small part has the fast call only)."""
+    x, t = make_problem(name, shape, np.float32, rng)
+    fused, g = getattr(fastloss, name + "_and_grad"), np.empty_like(x)
+    found = {"raw": lambda: fused(x, t), "raw out=": lambda: fused(x, t, out=g)}
+    if not large:
+        del found["raw"]
+    found.update(_torch_steps(name, x, t))
+    twin, notes = None, []
+    if _importable("jax"):
+        twin, twin_fn = _jax_twin(name)
+        found.update(_jax_steps(name, x, t, {} if twin is None else {twin: twin_fn}, fl=True, donated=large))
+    if "fl.jax donated" in found:
+        note = _check_donated(found["fl.jax donated"])
+        if note:
+            notes.append(note)
+            if note.startswith("skipped"):
+                del found["fl.jax donated"]
+    twin_label = lambda label: twin if label == "twin" else label
+    funcs = {twin_label(label): found[twin_label(label)] for label in _FRAMEWORK_LABELS if twin_label(label) in found}
+    scalar = lambda v: float(v.detach() if hasattr(v, "detach") else v)  # numpy, torch or jax
+    want = scalar(funcs["raw out="]()[0])
+    for label, f in funcs.items():  # each computes the same loss, or the row says not
+        got = scalar(f()[0])
+        if not np.isclose(got, want, rtol=1e-3, atol=1e-6):
+            notes.append(f"{label}'s loss {got:.6g} is not the kernel's {want:.6g}")
+    times = time_interleaved(funcs, rounds, min_seconds)
+    record = dict(loss=name, shape=list(shape), twin=twin, median_s=times, ratios={}, targets={}, met={}, notes=notes)
+    for num, den, target in FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS:
+        if twin_label(num) in times and twin_label(den) in times:
+            key = f"{num}/{den}"
+            record["ratios"][key] = ratio = times[twin_label(num)] / times[twin_label(den)]
+            if target:
+                record["targets"][key] = f"{target[0]}{target[1]}"
+                record["met"][key] = bool(ratio <= target[1] if target[0] == "<=" else ratio > target[1])
+    del funcs, found, x, t, g
+    return record
+
+
+def _check_donated(step):
+    """None if a donated fl.jax call took the donated buffer and left its gradient there; else a
+    note ('skipped: ...' where fastloss.jax takes no ``inplace_grad`` yet: the row is left out)."""
+    import warnings
+    a, b = step.prepare()
+    where = a.unsafe_buffer_pointer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _, grad = step.call(a, b)
+        except TypeError as e:
+            if "inplace_grad" not in str(e):
+                raise
+            return f"skipped fl.jax donated: fastloss.jax takes no inplace_grad yet ({type(e).__name__})"
+    if not a.is_deleted():
+        return "fl.jax donated: XLA did not take the donated logits" + "".join(f"; {w.message}" for w in caught)
+    if grad.unsafe_buffer_pointer() != where:
+        return "fl.jax donated: the gradient is not in the donated logits' buffer"
+    return None
+
+
+def _load_average():
+    """The 1-minute load average at the end of the run (others' work shows here), or None. On a
+    loaded machine a framework's thread pool waits for its threads to be scheduled: multi-thread
+    calls suffer most there, a torch op on 32x10 can take a scheduler slice (~20 ms) instead of
+    40 us."""
+    import os
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _framework_threads():
+    """The threads each side computes with: fastloss's count (torch is set to it); XLA's CPU
+    pool is its own, one thread per usable core, and cannot be resized once started."""
+    import os
+    threads = dict(fastloss=fastloss.get_num_threads())
+    if _importable("torch"):
+        import torch
+        threads["torch"] = torch.get_num_threads()
+    if _importable("jax"):
+        threads["xla"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return threads
+
+
+def _thp_policy():
+    """The kernel's transparent huge page policy ('always', 'madvise' or 'never'), or None."""
+    import re
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return None
+    found = re.search(r"\[(\w+)\]", text)
+    return found.group(1) if found else text.strip()
+
+
+def _numpy_madvise_setter():
+    """NumPy's switch for asking huge pages (madvise) for its large buffers, or None."""
+    import importlib
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(module)._set_madvise_hugepage
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+GLIBC_HUGEPAGES = "glibc.malloc.hugetlb=1"  # in GLIBC_TUNABLES: malloc asks huge pages for every mmap'd chunk
+
+
+class _equal_hugepages:
+    """One huge-page policy for NumPy's, torch's and XLA's large buffers while it is entered, and
+    (as the value entered) what it is, with the huge pages measured in a fresh buffer of each.
+
+    The kernel's policy is not changed. Under 'always' every large anonymous buffer may get huge
+    pages and under 'never' none does, whoever allocates it. Under 'madvise' only a buffer whose
+    allocator asks does: NumPy asks by default, torch only with THP_MEM_ALLOC_ENABLE=1, XLA's
+    CPU allocator never. So, under 'madvise':
+
+    * by default NumPy's asking is turned off here: no large buffer gets huge pages (torch's
+      THP_MEM_ALLOC_ENABLE, if set, is reported, not changed: torch reads it once per process);
+    * started with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc 2.35 or later; it must be set
+      before the process starts), glibc's malloc, under all three, asks for every large buffer:
+      every one gets huge pages, NumPy's as by default.
+
+    The probe in the report shows what each allocator got either way."""
+
+    def __enter__(self):
+        import os
+        policy = _thp_policy()
+        glibc_asks = GLIBC_HUGEPAGES in os.environ.get("GLIBC_TUNABLES", "").split(":")
+        setter = _numpy_madvise_setter()
+        self.setter = setter
+        self.restore = setter(False) if (policy == "madvise" and setter and not glibc_asks) else None
+        info = dict(thp=policy, glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
+                    numpy_madvise="off" if self.restore is not None else "as it was",
+                    torch_thp_env=os.environ.get("THP_MEM_ALLOC_ENABLE"))
+        info["huge_mb"] = _hugepage_probe()
+        info["probe_mb"] = HUGEPAGE_PROBE_MB
+        huge = [v for v in info["huge_mb"].values() if v is not None]
+        info["equal"] = bool(huge) and (max(huge) - min(huge) <= 4)  # within two 2 MB pages
+        said = [f"THP '{policy}'" if policy else "THP unknown (no /sys/kernel/mm/transparent_hugepage)"]
+        if policy == "madvise" and glibc_asks:
+            said.append(f"glibc's malloc asks for every large buffer (GLIBC_TUNABLES={GLIBC_HUGEPAGES})")
+        elif self.restore is not None:
+            said.append("NumPy's madvise turned off for this section (torch "
+                        + ("asks: THP_MEM_ALLOC_ENABLE is set" if info["torch_thp_env"] not in (None, "", "0")
+                           else "and XLA do not ask") + ")")
+        if info["equal"]:
+            said.append("no large buffer gets huge pages" if max(huge) <= 4 else
+                        "every large buffer gets huge pages" if min(huge) >= HUGEPAGE_PROBE_MB - 4 else
+                        "every large buffer gets the same share of huge pages")
+        else:
+            said.append("NOT EQUAL: " + ", ".join(f"{k} {v:.0f} MB" for k, v in info["huge_mb"].items()
+                                                  if v is not None) + f" of huge pages in {HUGEPAGE_PROBE_MB} MB")
+        info["policy"] = "; ".join(said)
+        return info
+
+    def __exit__(self, *exc):
+        if self.restore is not None:
+            self.setter(self.restore)
+        return False
+
+
+def _hugepage_probe(mb=HUGEPAGE_PROBE_MB):
+    """{allocator: MB of huge pages backing a fresh, touched ``mb`` MB buffer} for NumPy, torch and
+    XLA (what is installed), read from /proc/self/smaps; values None where it cannot be read."""
+    n = mb << 18  # float32 elements
+    found = {}
+    a = np.ones(n, np.float32)
+    found["numpy"] = _huge_mb_at(a.ctypes.data, a.nbytes)
+    del a
+    if _importable("torch"):
+        import torch
+        a = torch.ones(n)
+        found["torch"] = _huge_mb_at(a.data_ptr(), a.nbytes)
+        del a
+    if _importable("jax"):
+        import jax.numpy as jnp
+        a = jnp.ones(n, jnp.float32).block_until_ready()
+        found["xla"] = _huge_mb_at(a.unsafe_buffer_pointer(), a.nbytes)
+        del a
+    return found
+
+
+def _huge_mb_at(address, nbytes):
+    """MB of AnonHugePages in the mappings overlapping [address, address + nbytes) (a buffer that
+    was madvised is split from its unaligned head into a mapping of its own), or None."""
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(maxsplit=1)[0] if line.strip() else ""
+                if "-" in first and not first.endswith(":"):  # a mapping's header: lo-hi perms ...
+                    lo, hi = (int(v, 16) for v in first.split("-"))
+                    inside = lo < address + nbytes and address < hi
+                elif inside and first == "AnonHugePages:":
+                    total += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return total / 1024
+
+
+def _framework_header(report):
+    m, th, al = report["machine"], report["threads"], report["allocation"]
+    pools = ([f"torch {th['torch']}"] if "torch" in th else []) + ([f"XLA its own pool of {th['xla']}"]
+                                                                   if "xla" in th else [])
+    threads = f"{th['fastloss']} threads" + (f" ({', '.join(pools)})" if pools else "")
+    probe = ", ".join(f"{k} {'?' if v is None else f'{v:.0f}'}" for k, v in al["huge_mb"].items())
+    load = report.get("load_avg")
+    lines = [f"fastloss bench --frameworks: loss + gradient per call, float32, {threads}, "
+             f"{m['processor']}, {m['date']}" + ("" if load is None else f", load average {load:.1f}"),
+             f"allocation: {al['policy']} (huge pages in a fresh {al['probe_mb']} MB buffer: {probe} MB)",
+             "raw: fastloss.<loss>_and_grad(x, t), allocating its gradient; raw out=: into a preallocated g; "
+             "fl.torch, torch: fastloss.torch / F",
+             "forward + backward from a fresh leaf; fl.jax, twin (optax's loss where optax has it, else "
+             "jax.numpy's): jit(value_and_grad);",
+             "donated: fl.jax with inplace_grad=True under donate_argnums=0, a fresh copy of x per call made "
+             "untimed"]
+    if report["missing"]:
+        lines.append(f"not installed (their rows left out): {', '.join(report['missing'])}")
+    return lines
+
+
+def _framework_table(rows, large):
+    """Text lines: a times table and a ratios table (each ratio with its target and met/NO)."""
+    labels = [label for label in _FRAMEWORK_LABELS if any(
+        (r["twin"] if label == "twin" else label) in r["median_s"] for r in rows)]
+    keys = [f"{a}/{b}" for a, b, _ in (FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS)]
+    keys = [k for k in keys if any(k in r["ratios"] for r in rows)]
+    head = f"{'loss':17s} {'shape':>11s}"
+    lines = [head + "".join(f" {('donated' if l == 'fl.jax donated' else l):>11s}" for l in labels)
+             + ("  twin is" if "twin" in labels else "")]
+    for r in rows:
+        cells = [r["median_s"].get(r["twin"] if l == "twin" else l) for l in labels]
+        lines.append(f"{r['loss']:17s} {'x'.join(map(str, r['shape'])):>11s}"
+                     + "".join(f" {_fmt_time(c) if c is not None else '-':>11s}" for c in cells)
+                     + (f"  {r['twin'] or '-'}" if "twin" in labels else ""))
+    targets = {k: next((r["targets"][k] for r in rows if k in r["targets"]), "") for k in keys}
+    width = [max(len(k), len(targets[k]) + 2, 10) for k in keys]
+    lines += ["", f"{'ratios':17s} {'':>11s}" + "".join(f" {k:>{w}s}" for k, w in zip(keys, width)),
+              f"{'(target)':17s} {'':>11s}" + "".join(
+                  f" {('(' + targets[k] + ')') if targets[k] else '':>{w}s}" for k, w in zip(keys, width))]
+    for r in rows:
+        cells = []
+        for k, w in zip(keys, width):
+            if k not in r["ratios"]:
+                cells.append(f" {'-':>{w}s}")
+                continue
+            text = f"{r['ratios'][k]:.2f}x" + ("" if k not in r["met"] else (" ok" if r["met"][k] else " NO"))
+            cells.append(f" {text:>{w}s}")
+        lines.append(f"{r['loss']:17s} {'x'.join(map(str, r['shape'])):>11s}" + "".join(cells))
+    met = [v for r in rows for v in r["met"].values()]
+    lines.append(f"targets met: {sum(met)} of {len(met)}")
+    notes = {}  # note: the workloads it is about
+    for r in rows:
+        for n in r["notes"]:
+            notes.setdefault(n, []).append(f"{r['loss']} {'x'.join(map(str, r['shape']))}")
+    for n, where in notes.items():
+        lines.append(f"note ({'every row' if len(where) == len(rows) > 1 else ', '.join(where)}): {n}")
+    return lines
+
+
+def format_frameworks(report):
+    lines = _framework_header(report) + [""] + _framework_table(report["results"], large=True)
+    small = report["small"]
+    lines += ["", f"small calls, {'x'.join(map(str, small['shape']))} float32 (raw out=: the fast call):", ""]
+    return "\n".join(lines + _framework_table(small["results"], large=False))
+
+
+def format_frameworks_markdown(report):
+    """The --frameworks report as Markdown tables (README): times, then ratios; a ratio off its
+    target in bold."""
+    m, al = report["machine"], report["allocation"]
+    lines = [f"{m['processor']}, {m['threads']} threads, {m['date']}; PyTorch {m.get('torch', '-')}, JAX "
+             f"{m.get('jax', '-')}, optax {m.get('optax', '-')}; float32, loss + gradient per call; "
+             f"allocation: {al['policy']}.", ""]
+    for title, rows, large in (("", report["results"], True),
+                               (f"Small calls, {'x'.join(map(str, report['small']['shape']))}:",
+                                report["small"]["results"], False)):
+        if not rows:
+            continue
+        labels = [label for label in _FRAMEWORK_LABELS if any(
+            (r["twin"] if label == "twin" else label) in r["median_s"] for r in rows)]
+        keys = [f"{a}/{b}" for a, b, _ in (FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS)
+                if any(f"{a}/{b}" in r["ratios"] for r in rows)]
+        targets = {k: next((r["targets"][k] for r in rows if k in r["targets"]), "") for k in keys}
+        if title:
+            lines += [title, ""]
+        lines += ["| loss | shape | " + " | ".join(labels) + " | " + " | ".join(
+                      f"{k} ({targets[k]})" if targets[k] else k for k in keys) + " |",
+                  "|---|---|" + "---|" * (len(labels) + len(keys))]
+        for r in rows:
+            times = []
+            for label in labels:
+                s = r["median_s"].get(r["twin"] if label == "twin" else label)
+                times.append("" if s is None else _fmt_time(s).strip() + (f" ({r['twin']})" if label == "twin" else ""))
+            ratios = [("" if k not in r["ratios"] else (f"{r['ratios'][k]:.2f}x" if r["met"].get(k, True)
+                                                       else f"**{r['ratios'][k]:.2f}x**")) for k in keys]
+            lines.append(f"| {r['loss']} | {'x'.join(map(str, r['shape']))} | " + " | ".join(times + ratios) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def _fmt_time(s):
     return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
 
@@ -779,20 +1241,30 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--half", action="store_true", help="half precision: float16 and bfloat16 beside "
                         "float32 (softmax_xent, mse, huber; fastloss.torch on bfloat16), against targets")
+    parser.add_argument("--frameworks", action="store_true", help="fastloss.torch and fastloss.jax beside "
+                        "the raw kernel and PyTorch's, optax's or jax.numpy's own loss, large sizes and 32x10, "
+                        "with ratios against targets; one huge-page policy for every allocator: none by default, "
+                        f"all when started with GLIBC_TUNABLES={GLIBC_HUGEPAGES}")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per workload")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     parser.add_argument("--startup", action="store_true",
                         help="also time numba's first call per loss with --quick (always done without)")
     parser.add_argument("--json", metavar="FILE", help="also write the data as JSON")
     parser.add_argument("--markdown", metavar="JSON", help="print the large workloads of a kept JSON report "
-                        "as a Markdown table, and exit")
+                        "as a Markdown table (and its framework section's), and exit")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
     args = parser.parse_args(argv)
-    if (args.small or args.half) and args.plot:
-        parser.error("--plot draws the full report, not --small or --half")
+    if (args.small or args.half or args.frameworks) and args.plot:
+        parser.error("--plot draws the full report, not --small, --half or --frameworks")
     if args.markdown:
         with open(args.markdown) as f:
-            print(format_markdown(json.load(f)))
+            kept = json.load(f)
+        if kept.get("section") == "frameworks":
+            print(format_frameworks_markdown(kept))
+            return
+        print(format_markdown(kept))
+        if "frameworks" in kept:
+            print("\n" + format_frameworks_markdown(kept["frameworks"]))
         return
     if args.threads:
         fastloss.set_num_threads(args.threads)
@@ -802,12 +1274,17 @@ def main(argv=None):
     elif args.half:
         report = run_half(args.quick, args.rounds)
         print(format_half(report))
+    elif args.frameworks:
+        report = run_frameworks(args.quick, args.loss, args.rounds)
+        print(format_frameworks(report))
     else:
         report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
         print(format_table(report))
-        if not args.loss:  # the whole report: half precision too
+        if not args.loss:  # the whole report: half precision and the frameworks too
             report["half"] = run_half(args.quick, args.rounds)
             print("\n" + format_half(report["half"]))
+            report["frameworks"] = run_frameworks(args.quick, rounds=args.rounds)
+            print("\n" + format_frameworks(report["frameworks"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
