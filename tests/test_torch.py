@@ -375,6 +375,186 @@ def test_inplace_grad_refuses_what_it_would_corrupt():
                          inplace_grad=True)
 
 
+# ---- the eager path: the kernel's gradient buffer is .grad, never copied ----------------------
+
+def record_gradients(monkeypatch, name):
+    """Patch fastloss.<name>_and_grad to record the address of every gradient it returns."""
+    import fastloss
+    fused = getattr(fastloss, name + "_and_grad")
+    written = []
+
+    def spy(*args, **kwargs):
+        loss, grad = fused(*args, **kwargs)
+        written.append(grad.__array_interface__["data"][0])
+        return loss, grad
+
+    monkeypatch.setattr(fastloss, name + "_and_grad", spy)
+    return written
+
+
+def ce_or_mse(name, dtype):
+    x = randn((64, 33), dtype, 0)
+    if name == "softmax_xent":
+        return x, torch.randint(0, 33, (64,), generator=gen(1)), ft.cross_entropy, F.cross_entropy
+    return x, randn((64, 33), dtype, 1), ft.mse_loss, F.mse_loss
+
+
+@pytest.mark.parametrize("scale", ["one", "scalar", "per_item"])
+@pytest.mark.parametrize("name", ["softmax_xent", "mse"])
+def test_fresh_leaf_grad_is_the_kernels_buffer(name, scale, monkeypatch):
+    """A fresh leaf's .grad is the buffer the kernel wrote: autograd takes it without a copy, and
+    a grad_output other than 1 (a scalar, or per item with reduction='none') scales it in place
+    rather than into a second N x C buffer."""
+    x, t, ours, theirs = ce_or_mse(name, torch.float32)
+    reduction = "none" if scale == "per_item" else "mean"
+    r = {"one": 1.0, "scalar": 0.3, "per_item": torch.rand(64 if name == "softmax_xent" else (64, 33),
+                                                          generator=gen(2)) + 0.5}[scale]
+    written = record_gradients(monkeypatch, name)
+    leaf = x.clone().requires_grad_(True)
+    loss = ours(leaf, t, reduction=reduction)
+    loss.backward() if scale == "one" else (loss * r).sum().backward()
+    assert len(written) == 1 and leaf.grad.data_ptr() == written[0]
+    expected = x.clone().requires_grad_(True)
+    (theirs(expected, t, reduction=reduction) * r).sum().backward()
+    torch.testing.assert_close(leaf.grad, expected.grad, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_retain_graph_accumulates(scale, dtype):
+    """retain_graph=True keeps the buffer (autograd copies it into .grad): every further backward
+    adds the same gradient, and a backward after the graph is freed raises."""
+    x, y = ce_inputs((6, 5), dtype)
+    leaf = x.clone().requires_grad_(True)
+    loss = ft.cross_entropy(leaf, y, label_smoothing=0.1) * scale
+    loss.backward(retain_graph=True)
+    once = leaf.grad.clone()
+    torch.testing.assert_close(once.double(), value_and_grad(
+        lambda x: F.cross_entropy(x, y, label_smoothing=0.1) * scale, x.double(), "mean")[1],
+        **(TOL[torch.float64] if dtype == torch.float64 else dict(rtol=2e-2, atol=1e-3)))
+    for k in (2, 3):
+        loss.backward(retain_graph=k < 3)
+        assert torch.equal(leaf.grad, once * k)  # exact: once + once (+ once) in any float dtype
+    with pytest.raises(RuntimeError, match="backward ran twice|second time"):
+        loss.backward()
+    loss = ft.cross_entropy(leaf, y)
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward ran twice|second time"):
+        loss.backward()
+
+
+def test_a_gradient_handed_out_is_never_overwritten():
+    """A gradient returned while the graph is kept is a tensor of its own: a later backward that
+    owns the buffer (and scales it in place) leaves it alone."""
+    x, t = randn((6, 5), torch.float64, 0), randn((6, 5), torch.float64, 1)
+    leaf = x.clone().requires_grad_(True)
+    loss = ft.mse_loss(leaf, t)
+    (first,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+    kept = first.clone()
+    (loss * 2).backward()
+    assert torch.equal(first, kept)
+    torch.testing.assert_close(leaf.grad, 2 * kept)
+    torch.testing.assert_close(kept, value_and_grad(lambda x: F.mse_loss(x, t), x, "mean")[1])
+
+
+def test_same_leaf_twice_accumulates():
+    """Two losses on one leaf sum into one .grad, and a further step accumulates into it."""
+    d = torch.float64
+    x, y = ce_inputs((6, 5), d)
+    t = randn((6, 5), d, 3)
+
+    def step(f, mse, ce, x):
+        return f(mse(x, t) + 0.5 * ce(x, y, reduction="none").sum())
+
+    def expected(k):
+        leaf = x.clone().requires_grad_(True)
+        for _ in range(k):
+            step(lambda loss: loss.backward(), F.mse_loss, F.cross_entropy, leaf)
+        return leaf.grad
+
+    leaf = x.clone().requires_grad_(True)
+    step(lambda loss: loss.backward(), ft.mse_loss, ft.cross_entropy, leaf)
+    torch.testing.assert_close(leaf.grad, expected(1), **TOL[d])
+    step(lambda loss: loss.backward(), ft.mse_loss, ft.cross_entropy, leaf)
+    torch.testing.assert_close(leaf.grad, expected(2), **TOL[d])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_fresh_leaf_and_scaled_backward(dtype, monkeypatch):
+    """Half inputs: loss.backward() takes the kernel's buffer as .grad; a scaled backward is the
+    recomputed gradient with the scale folded in, bit for bit (kept graph or not)."""
+    import fastloss
+    from fastloss.torch import _as_numpy
+    x, y = ce_inputs((64, 33), torch.float32)
+    xh = x.to(dtype)
+    written = record_gradients(monkeypatch, "softmax_xent")
+    leaf = xh.clone().requires_grad_(True)
+    ft.cross_entropy(leaf, y).backward()
+    assert leaf.grad.data_ptr() == written[-1] and leaf.grad.dtype == dtype
+    scale = torch.tensor(0.3, dtype=dtype).item()
+    want = torch.from_numpy(fastloss.softmax_xent_grad(_as_numpy(xh), y.numpy(), grad_output=scale).view("int16"))
+    leaf = xh.clone().requires_grad_(True)
+    loss = ft.cross_entropy(leaf, y) * 0.3
+    loss.backward(retain_graph=True)
+    assert torch.equal(leaf.grad.view(torch.int16), want)
+    loss.backward()
+    assert torch.equal((leaf.grad / 2).view(torch.int16), want)
+
+
+def test_compile_traces_the_custom_op():
+    """Under torch.compile the custom op is what is traced (fullgraph: no break), and its
+    gradient scales by a non-unit grad_output as eagerly."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    x, y = ce_inputs((6, 5), torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: ft.cross_entropy(x, y, reduction="none"), backend=backend, fullgraph=True)
+    assert_matches(compiled, lambda x: F.cross_entropy(x, y, reduction="none"), x, "none", torch.float64)
+    assert any("fastloss.softmax_xent" in g for g in graphs)
+
+
+def test_compiled_autograd_traces_the_eager_backward():
+    """Compiled autograd traces the eager path's backward (kept buffer, no graph-task query):
+    each step's gradient is that step's, never one baked into the trace."""
+    compiled_autograd = pytest.importorskip("torch._dynamo.compiled_autograd")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 5)
+    h, y = torch.randn(6, 8, generator=gen(1)), torch.randint(0, 5, (6,), generator=gen(2))
+    r = torch.rand(6, generator=gen(3)) + 0.5
+
+    def grads(loss_fn):
+        out = []
+        for i in range(3):
+            lin.zero_grad()
+            (loss_fn(lin(h * (i + 1)), y, reduction="none") * r).sum().backward()
+            out.append(lin.weight.grad.clone())
+        return out
+
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        ours = grads(ft.cross_entropy)
+    for a, b in zip(ours, grads(F.cross_entropy)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_fake_tensors_take_the_custom_op(reduction):
+    """FakeTensorMode (shape propagation, export) sees the op and its fake kernel, backward
+    included (a fake grad_output has no value to compare with 1)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(randn((6, 5), torch.float32, 0)).requires_grad_(True)
+        y = mode.from_tensor(torch.randint(0, 5, (6,), generator=gen(1)))
+        loss = ft.cross_entropy(x, y, reduction=reduction)
+        assert loss.shape == ((6,) if reduction == "none" else ())
+        loss.sum().backward()
+        assert x.grad.shape == (6, 5)
+
+
 # ---- modules, no-grad path, dtypes, errors ----------------------------------------------------
 
 def test_modules_match_torch_nn():

@@ -35,9 +35,14 @@ whose forward runs the fused ``<loss>_and_grad`` kernel once, returning the loss
 d(loss)/d(input) (the per-item gradients for ``reduction="none"``); the registered backward
 only scales that gradient by ``grad_output``. ``register_fake`` gives ``torch.compile`` the
 output shapes, so ``torch.compile(fullgraph=True)`` traces through without a graph break.
+Eager calls on plain tensors skip the op's Python dispatch (most of a small call's time) for a
+``torch.autograd.Function`` that does the same, and hands the kernel's gradient buffer to
+autograd as its only reference: a fresh leaf's ``.grad`` is that buffer (no copy),
+``loss.backward()`` adds no pass over it, and a non-unit ``grad_output`` scales it in place
+(with ``retain_graph=True`` the buffer is kept and autograd copies it instead).
 CPU tensors reach the kernels as NumPy views (no copy); CUDA tensors go to fastloss's ``cuda``
-backend through ``__cuda_array_interface__``. Without a gradient to compute (``no_grad``, or
-an input that does not require grad) a loss-only op runs instead.
+backend through ``__cuda_array_interface__``, with no host synchronisation. Without a gradient
+to compute (``no_grad``, or an input that does not require grad) only the loss is computed.
 
 Half precision: float16 and bfloat16 tensors go to the kernels as they are (CPU bfloat16 as an
 ``ml_dtypes.bfloat16`` view, which needs ``ml_dtypes``: it comes with ``fastloss[torch]``);
@@ -94,18 +99,20 @@ def _bfloat16():
 
 def _as_numpy(t):
     """A NumPy view of a CPU tensor (no copy); bfloat16 as an ``ml_dtypes.bfloat16`` view."""
-    t = t.detach()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.uint16).numpy().view(_bfloat16())
-    return t.numpy()
+        return t.detach().view(torch.uint16).numpy().view(_bfloat16())
+    return (t.detach() if t.requires_grad else t).numpy()
 
 
-def _from_numpy(a):
-    """A NumPy result as a tensor (no copy); bfloat16 by its bits."""
+def _from_numpy(a, dtype):
+    """A NumPy result of torch dtype ``dtype`` as a tensor (no copy); bfloat16 by its bits."""
     a = np.asarray(a)
-    if a.dtype.name == "bfloat16":
+    if dtype == torch.bfloat16:
         return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+_SUFFIX = {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}
 
 
 def _compute(spec, entry, x, target, reduction, backend, opts, out=None, grad_output=None):
@@ -115,34 +122,26 @@ def _compute(spec, entry, x, target, reduction, backend, opts, out=None, grad_ou
     Returns (loss, grad) tensors of ``x``'s dtype and device (loss None for 'grad', grad None
     for 'loss'). ``out`` (``_and_grad`` only) is a tensor that receives the gradient, e.g. ``x``.
     """
-    func = getattr(_fastloss, spec.name + {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}[entry])
-    kwargs = dict(reduction=reduction)
-    if x.device.type == "cuda":
-        kwargs.update({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
-        if out is not None:
-            kwargs["out"] = out.detach()
-        if grad_output is not None:
-            kwargs["grad_output"] = grad_output.detach()
-        result = func(x.detach(), target.detach(), backend="cuda", **kwargs)
-        loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
-        if loss is not None:
-            loss = torch.as_tensor(loss, device=x.device).to(x.dtype)
-        if grad is not None:
-            grad = out if out is not None else torch.as_tensor(grad, device=x.device).to(x.dtype)
-        return loss, grad
-    if x.device.type != "cpu":
+    cuda = x.is_cuda
+    if cuda:  # the device road takes tensors as they are and never synchronises
+        conv, backend = torch.Tensor.detach, "cuda"
+    elif x.is_cpu:
+        conv = _as_numpy
+    else:
         raise ValueError(f"fastloss.torch: {spec.name} runs on CPU and CUDA tensors, got device {x.device}")
-    kwargs.update({k: (_as_numpy(v) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
+    kwargs = {k: (conv(v) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
     if out is not None:
-        kwargs["out"] = _as_numpy(out)
+        kwargs["out"] = conv(out)
     if grad_output is not None:
-        kwargs["grad_output"] = _as_numpy(grad_output)
-    result = func(_as_numpy(x), _as_numpy(target), backend=backend, **kwargs)
-    loss, grad = {"loss": (result, None), "grad": (None, result), "loss_and_grad": result}[entry]
+        kwargs["grad_output"] = conv(grad_output)
+    func = getattr(_fastloss, spec.name + _SUFFIX[entry])
+    result = func(conv(x), conv(target), reduction=reduction, backend=backend, **kwargs)
+    loss, grad = (result, None) if entry == "loss" else (None, result) if entry == "grad" else result
     if loss is not None:
-        loss = _from_numpy(loss)
+        loss = torch.as_tensor(loss, device=x.device).to(x.dtype) if cuda else _from_numpy(loss, x.dtype)
     if grad is not None:
-        grad = out if out is not None else _from_numpy(grad)
+        grad = out if out is not None else (
+            torch.as_tensor(grad, device=x.device).to(x.dtype) if cuda else _from_numpy(grad, x.dtype))
     return loss, grad
 
 
@@ -153,6 +152,8 @@ def _item_shape(spec, x, reduction):
 
 
 # ---- one custom op (+ a loss-only op) per loss, generated from the spec table ---------------
+# torch.compile traces these; eager calls take _Fused below (the ops' Python dispatch would be
+# most of a small call's time), and the ops stay callable as torch.ops.fastloss.<loss>.
 
 def _signature(spec, returns, grad_output=False):
     p = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -173,33 +174,32 @@ def _define_ops(spec):
     opt_names = tuple(spec.options)
     n_inputs = 4 + len(opt_names)
 
-    def split(sig, args, kwargs):
-        bound = sig.bind(*args, **kwargs).arguments
-        return (bound["x"], bound["target"], bound["reduction"], bound["backend"],
-                {k: bound[k] for k in opt_names})
+    def positional(sig, args, kwargs):
+        # the dispatcher passes every argument positionally: bind (slow) only a call with keywords
+        return sig.bind(*args, **kwargs).args if kwargs else args
 
-    def grad_only(grad_output, *args, **kwargs):
-        x, target, reduction, backend, opts = split(grad_sig, (grad_output,) + args, kwargs)
+    def grad_only(*args, **kwargs):
+        grad_output, x, target, reduction, backend, *options = positional(grad_sig, args, kwargs)
+        opts = dict(zip(opt_names, options))
         return _compute(spec, "grad", x, target, reduction, backend, opts, grad_output=grad_output)[1]
 
-    def grad_fake(grad_output, *args, **kwargs):
-        x = split(grad_sig, (grad_output,) + args, kwargs)[0]
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    def grad_fake(*args, **kwargs):
+        return torch.empty_like(positional(grad_sig, args, kwargs)[1], memory_format=torch.contiguous_format)
 
     def fused(*args, **kwargs):
-        x, target, reduction, backend, opts = split(fused_sig, args, kwargs)
-        return _compute(spec, "loss_and_grad", x, target, reduction, backend, opts)
+        x, target, reduction, backend, *options = positional(fused_sig, args, kwargs)
+        return _compute(spec, "loss_and_grad", x, target, reduction, backend, dict(zip(opt_names, options)))
 
     def loss_only(*args, **kwargs):
-        x, target, reduction, backend, opts = split(loss_sig, args, kwargs)
-        return _compute(spec, "loss", x, target, reduction, backend, opts)[0]
+        x, target, reduction, backend, *options = positional(loss_sig, args, kwargs)
+        return _compute(spec, "loss", x, target, reduction, backend, dict(zip(opt_names, options)))[0]
 
     def fused_fake(*args, **kwargs):
-        x, _, reduction, _, _ = split(fused_sig, args, kwargs)
+        x, _, reduction = positional(fused_sig, args, kwargs)[:3]
         return x.new_empty(_item_shape(spec, x, reduction)), torch.empty_like(x, memory_format=torch.contiguous_format)
 
     def loss_fake(*args, **kwargs):
-        x, _, reduction, _, _ = split(loss_sig, args, kwargs)
+        x, _, reduction = positional(loss_sig, args, kwargs)[:3]
         return x.new_empty(_item_shape(spec, x, reduction))
 
     for f, sig, suffix in ((fused, fused_sig, ""), (loss_only, loss_sig, "_forward"),
@@ -252,8 +252,9 @@ def _no_double_backward():
 
 
 def _is_one(grad_output):
-    """grad_output is the scalar 1 (known without a device sync; never while compiling)."""
-    return (grad_output.dim() == 0 and grad_output.device.type == "cpu"
+    """grad_output is the scalar 1: known without a device sync, and only for a real CPU tensor
+    (never while compiling, nor for a fake tensor, whose value is unknown)."""
+    return (grad_output.dim() == 0 and grad_output.is_cpu and type(grad_output) is torch.Tensor
             and not torch.compiler.is_compiling() and grad_output.item() == 1.0)
 
 
@@ -268,24 +269,38 @@ def _scaled(grad, grad_output, per_row, inplace):
 
 _OPS = {name: _define_ops(spec) for name, spec in SPECS.items()}
 
+# whether the running backward keeps the graph (retain_graph=True); AOTAutograd asks the same.
+# Unknown (an older torch without it): assume it does, which is always correct, if slower.
+_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
 
-class _InplaceGrad(torch.autograd.Function):
-    """Eager-mode fused loss whose gradient overwrites the input's storage."""
+
+class _Fused(torch.autograd.Function):
+    """Eager mode: the fused kernel in the forward; in the backward its gradient buffer is handed
+    to autograd as the only reference (kept on ctx, not saved), so a leaf's AccumulateGrad takes
+    it as ``.grad`` without a copy, a non-unit ``grad_output`` scales it in place, and
+    ``loss.backward()`` costs no N x C pass at all. With ``inplace`` that buffer is ``x``'s own
+    storage. ``x`` is the only input autograd sees (the rest ride in ``call``: fewer to process)."""
 
     @staticmethod
-    def forward(ctx, x, target, name, reduction, backend, opts):
-        spec = SPECS[name]
-        if x.dtype not in _NATIVE + _HALF or not x.is_contiguous():
+    def forward(ctx, x, call):
+        spec, target, reduction, backend, opts, inplace = call
+        if inplace and (x.dtype not in _NATIVE + _HALF or not x.is_contiguous()):
             raise ValueError(f"fastloss.torch: inplace_grad=True needs a float input whose "
                              f"class axis is last in memory (contiguous once moved), got dtype "
                              f"{x.dtype}, shape {tuple(x.shape)}, strides {x.stride()}")
-        loss, grad = _compute(spec, "loss_and_grad", x, target, reduction, backend, opts, out=x)
-        # anything else that saved x for its backward now fails loudly instead of reading a gradient
-        torch.autograd.graph.increment_version(x)
-        ctx.grad = grad.detach()
+        loss, grad = _compute(spec, "loss_and_grad", x, target, reduction, backend, opts,
+                              out=x if inplace else None)
+        ctx.grad, ctx.inplace = (grad.detach() if inplace else grad), inplace  # inplace: grad is x
         ctx.per_row = spec.layout != ELEMENTS and reduction == "none"
-        base = x if x._base is None else x._base
-        ctx.leaf = base.is_leaf  # x.grad would alias x: hand autograd a copy instead
+        # half inputs: see the module docstring; the inputs are kept to recompute the gradient
+        ctx.recompute = x.dtype in _HALF and not inplace
+        if ctx.recompute:
+            ctx.call = call
+            ctx.save_for_backward(x, target)
+        if inplace:
+            # anything else that saved x for its backward now fails loudly instead of reading a gradient
+            torch.autograd.graph.increment_version(x)
+            ctx.leaf = (x if x._base is None else x._base).is_leaf  # x.grad must not alias x
         return loss
 
     @staticmethod
@@ -293,12 +308,38 @@ class _InplaceGrad(torch.autograd.Function):
         _no_double_backward()
         grad = ctx.grad
         if grad is None:
-            raise RuntimeError("fastloss.torch: backward ran twice through a loss computed with "
-                               "inplace_grad=True; its gradient buffer was already handed out")
-        ctx.grad = None
-        grad = _scaled(grad, grad_loss, ctx.per_row, inplace=True)
-        # a leaf's .grad must not alias the leaf itself (whose storage now holds the gradient)
-        return (grad.clone() if ctx.leaf else grad), None, None, None, None, None
+            raise RuntimeError("fastloss.torch: backward ran twice through a loss whose gradient buffer "
+                               "was already handed out (inplace_grad=True, or a first backward without "
+                               "retain_graph=True)")
+        # hand the buffer over (autograd then holds its only reference) unless the graph is kept
+        # for another backward (or compiled autograd traces this: it cannot tell); inplace_grad
+        # always hands it over (a second backward raises)
+        owned = ctx.inplace or not (torch.compiler.is_compiling() or _keep_graph())
+        if owned:
+            ctx.grad = None
+        if ctx.recompute and not _is_one(grad_loss):
+            x, target = ctx.saved_tensors
+            spec, _, reduction, backend, opts, _ = ctx.call
+            return _compute(spec, "grad", x, target, reduction, backend, opts, grad_output=grad_loss)[1], None
+        grad = _scaled(grad, grad_loss, ctx.per_row, inplace=owned)
+        # a copy where the buffer must not escape: kept for the next backward (a later owned
+        # backward scales it in place), or a leaf's own storage (x.grad must not alias x)
+        if grad is ctx.grad or (ctx.inplace and ctx.leaf):
+            grad = grad.clone()
+        return grad, None
+
+
+# Function.apply's Python wrapper only serves functorch transforms, which _eager sends to the
+# custom ops: call the C apply beneath it (a few us of a small call)
+_fused = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Fused)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(x):
+    """The call may skip the custom ops: a plain tensor, and nothing (torch.compile, export, a
+    functorch transform, a dispatch mode such as FakeTensorMode) that has to see the op."""
+    return (type(x) in _PLAIN and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active() and not torch._C._len_torch_dispatch_stack())
 
 
 # ---- the F-style functions -------------------------------------------------------------------
@@ -310,21 +351,23 @@ def _loss(name, input, target, reduction, backend, inplace_grad, class_axis, **o
                         f"{type(input).__name__} and {type(target).__name__}")
     if not input.is_floating_point():
         raise TypeError(f"fastloss.torch: input must be a floating-point tensor, got {input.dtype}")
-    for what, t in (("target", target), ("weight", opts.get("weight")), ("pos_weight", opts.get("pos_weight"))):
-        if isinstance(t, torch.Tensor) and t.requires_grad:
+    for what, t in (("target", target), *opts.items()):
+        if isinstance(t, torch.Tensor) and t.requires_grad:  # target, weight, pos_weight
             raise ValueError(f"fastloss.torch: {name} computes gradients with respect to the input "
                              f"only; {what} requires grad (detach it)")
     if class_axis and input.dim() > 2:
         input = input.movedim(1, -1)  # a view: the class axis last, as the kernels take it
         if target.is_floating_point() and target.dim() == input.dim():
             target = target.movedim(1, -1)  # probability targets
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    if _eager(input):
+        if not needs_grad:
+            return _compute(spec, "loss", input, target, reduction, backend, opts)[0]
+        return _fused(input, (spec, target, reduction, backend, opts, inplace_grad))
     fused_op, loss_op = _OPS[name]
     args = tuple(opts[k] for k in spec.options)
-    needs_grad = torch.is_grad_enabled() and input.requires_grad
     if not needs_grad:
         return loss_op(input, target, reduction, backend, *args)
-    if inplace_grad and not torch.compiler.is_compiling():
-        return _InplaceGrad.apply(input, target, name, reduction, backend, dict(zip(spec.options, args)))
     return fused_op(input, target, reduction, backend, *args)[0]
 
 
