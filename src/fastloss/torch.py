@@ -331,15 +331,20 @@ class _Fused(torch.autograd.Function):
 
 # Function.apply's Python wrapper only serves functorch transforms, which _eager sends to the
 # custom ops: call the C apply beneath it (a few us of a small call)
-_fused = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Fused)
+# (these are torch internals: a torch without them sends every call to the custom ops)
+try:
+    _fused = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Fused)
+    _functorch_active, _dispatch_modes = torch._C._are_functorch_transforms_active, torch._C._len_torch_dispatch_stack
+except (AttributeError, KeyError):  # pragma: no cover - another torch
+    _fused = None
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _eager(x):
     """The call may skip the custom ops: a plain tensor, and nothing (torch.compile, export, a
     functorch transform, a dispatch mode such as FakeTensorMode) that has to see the op."""
-    return (type(x) in _PLAIN and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active() and not torch._C._len_torch_dispatch_stack())
+    return (_fused is not None and type(x) in _PLAIN and not torch.compiler.is_compiling()
+            and not _functorch_active() and not _dispatch_modes())
 
 
 # ---- the F-style functions -------------------------------------------------------------------
