@@ -31,7 +31,7 @@ Device-only rules (a kernel cannot raise without a host synchronisation):
 
 Half precision on the device: an input of float16 or bfloat16 gives results of that dtype (the
 gradient, ``out``, which must have it, the per-item losses and the reduced loss), each rounded
-once on the device from the kernels' float64. A dtype is told by its name, so that no half
+once on the device from the kernels' float32. A dtype is told by its name, so that no half
 library is needed here: ``float16`` (NumPy/CuPy/Numba arrays, ``torch.float16``) goes to the
 kernels as it is; ``bfloat16`` (a Numba device array of ``ml_dtypes.bfloat16``, e.g.
 ``numba.cuda.to_device`` of an ml_dtypes array, or a ``torch.bfloat16`` tensor) goes as a uint16
@@ -239,7 +239,7 @@ def _run_host(spec, entry, x, target, reduction, grad_output, out, options):
     t_d = dev.upload(p.target)
     opts = {k: (dev.upload(val) if k in ("weight", "pos_weight") and val is not None else val)
             for k, val in p.options.items()}
-    gs_d = None if p.gscale_arr is None else dev.upload(p.gscale_arr)
+    gs_d = None if p.gscale_arr is None else dev.upload(p.gscale_arr.astype(gpu.compute_dtype(kdtype)))
     grad_d = dev.scratch(x_d.shape, kdtype) if want_grad else None
     lo_d = dev.scratch(v.size_of(p.item_shape), kdtype) if (reduction == "none" and entry != "grad") else None
     res_d = dev.scratch(1, kdtype) if (reduction != "none" and entry != "grad") else None
@@ -329,7 +329,8 @@ def _run_device(spec, entry, x, target, reduction, grad_output, out, options):
     else:
         gscale, gs_host = v.check_grad_output(spec, 1.0 if entry != "grad" else grad_output, reduction,
                                               item_shape)
-        gs_v = None if gs_host is None else dev.upload(gs_host)
+        # read per item in the kernels' precision: float32 unless x is float64
+        gs_v = None if gs_host is None else dev.upload(gs_host.astype(gpu.compute_dtype(x_v.dtype)))
 
     # out: a device array of the right dtype/shape, contiguous, not sharing the targets' memory
     out_v = None

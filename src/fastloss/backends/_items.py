@@ -3,9 +3,10 @@ compiled twice: inlined into Numba's CPU kernels (``_numba_math``/``numba_cpu``)
 device functions (``cuda_kernels``).
 
 Each takes an element ``x``, its target ``t`` and the loss's two parameters ``p0``, ``p1`` (unused
-ones are ignored) and returns ``(loss, dloss/dx)`` in float64. Sub-gradients are PyTorch's: slope
-0 at a hinge's kink and at ``x == t`` for mae. sigmoid_bce and kl_div are not here: their exp and
-log run in the input's precision on the CPU (vectorised float32) and in float64 on the GPU.
+ones are ignored) and returns ``(loss, dloss/dx)``, in the precision the backend's ``like``
+gives (``arithmetic``, ``with_math``). Sub-gradients are PyTorch's: slope 0 at a hinge's kink and
+at ``x == t`` for mae. sigmoid_bce and kl_div are not here: each backend writes them over its own
+vectorisable (CPU) or libdevice (CUDA) exp and log.
 
 The newer items are written once too, in the precision of ``x`` (float32 math where the CPU
 kernels take float32), over the target's math functions (``with_math``); and so is the row
@@ -17,34 +18,44 @@ import math
 import numpy as np
 
 
-def huber(x, t, delta, unused):
-    """0.5 d**2 if |d| <= delta else delta (|d| - delta/2), d = x - t; gradient clip(d)."""
-    d = np.float64(x) - np.float64(t)
-    ad = abs(d)
-    loss = 0.5 * d * d if ad <= delta else delta * (ad - 0.5 * delta)
-    return loss, (delta if d > delta else (-delta if d < -delta else d))
+def arithmetic(like):
+    """(huber, hinge, mse, mae) as plain functions, each (x, t, p0, p1) -> (loss, dloss/dx) in
+    the precision ``like(v, x)`` converts to (every constant goes through it, so no float64
+    literal widens the arithmetic): the Numba CPU backend passes a float64 one, CUDA x's own
+    precision (float32 for float32 and half inputs)."""
 
+    def huber(x, t, delta, unused):
+        """0.5 d**2 if |d| <= delta else delta (|d| - delta/2), d = x - t; gradient clip(d)."""
+        d = like(x, x) - like(t, x)
+        ad = abs(d)
+        b = like(delta, x)
+        half = like(0.5, x)
+        loss = half * d * d if ad <= b else b * (ad - half * b)
+        return loss, (b if d > b else (-b if d < -b else d))
 
-def hinge(x, t, margin, squared):
-    """max(0, margin - y x), y = +1 if t > 0 else -1, squared if ``squared``; NaN stays NaN."""
-    y = 1.0 if t > 0 else -1.0
-    zz = margin - y * np.float64(x)
-    h = zz if not zz <= 0.0 else 0.0
-    if squared:
-        return h * h, -2.0 * h * y
-    return h, (-y if zz > 0.0 else 0.0)
+    def hinge(x, t, margin, squared):
+        """max(0, margin - y x), y = +1 if t > 0 else -1, squared if ``squared``; NaN stays NaN."""
+        zero = like(0.0, x)
+        y = like(1.0, x) if t > zero else like(-1.0, x)
+        zz = like(margin, x) - y * like(x, x)
+        h = zz if not zz <= zero else zero
+        if squared:
+            return h * h, like(-2.0, x) * h * y
+        return h, (-y if zz > zero else zero)
 
+    def mse(x, t, unused0, unused1):
+        """(x - t)**2."""
+        d = like(x, x) - like(t, x)
+        return d * d, like(2.0, x) * d
 
-def mse(x, t, unused0, unused1):
-    """(x - t)**2."""
-    d = np.float64(x) - np.float64(t)
-    return d * d, 2.0 * d
+    def mae(x, t, unused0, unused1):
+        """|x - t|; gradient sign(x - t), 0 at 0, NaN for NaN."""
+        d = like(x, x) - like(t, x)
+        zero = like(0.0, x)
+        one = like(1.0, x)
+        return abs(d), (one if d > zero else (-one if d < zero else d * zero))
 
-
-def mae(x, t, unused0, unused1):
-    """|x - t|; gradient sign(x - t), 0 at 0, NaN for NaN."""
-    d = np.float64(x) - np.float64(t)
-    return abs(d), (1.0 if d > 0.0 else (-1.0 if d < 0.0 else d * 0.0))
+    return huber, hinge, mse, mae
 
 
 _COS_CLAMP = 1e-12  # on the squared norm, as Keras' l2_normalize
@@ -80,8 +91,8 @@ def with_math(exp, exp_nonpos, log, log1p_unit, tanh, power, like):
     argument: ``exp``; ``exp_nonpos`` (arguments <= 0 or NaN); ``log``; ``log1p_unit``
     (arguments in [sqrt(1/2) - 1, 1] or NaN); ``tanh``; ``power(m, g)`` (m >= 0 or NaN, g >= 0
     a finite float64; 0**0 = NaN**0 = 1); ``like(v, x)``: the float v in x's precision. The
-    Numba CPU backend passes vectorisable float32 versions (``_numba_math``), CUDA float64
-    libm's (``cuda_kernels``)."""
+    Numba CPU backend passes vectorisable float32 versions (``_numba_math``), CUDA libdevice's
+    in x's precision (``cuda_kernels``)."""
 
     def smooth_l1(x, t, beta, unused):
         """0.5 d**2 / beta if |d| < beta else |d| - beta/2, d = x - t (beta = 0: |d|); gradient

@@ -1174,8 +1174,8 @@ def sigmoid_bce_item(x, t, w, pw):
 
 # the arithmetic items, written once with the CUDA backend's (_items): the kernels' (x, t, p0, p1)
 # forms, and the public ones of fastloss.numba
-huber4, hinge4, mse4, mae4 = (njit(inline=_INLINE, **_HELPER)(f) for f in (
-    _items.huber, _items.hinge, _items.mse, _items.mae))
+huber4, hinge4, mse4, mae4 = (njit(inline=_INLINE, **_HELPER)(f) for f in _items.arithmetic(
+    njit(inline=_INLINE)(lambda v, x: np.float64(v))))  # in float64, whatever x's dtype
 
 
 @njit(**_HELPER)

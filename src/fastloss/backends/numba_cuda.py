@@ -4,7 +4,8 @@ The device road (``fastloss._device``) validates every argument and allocates ev
 functions here take its device arrays and plain values, launch on the stream they are given and
 never synchronise with the host. Half precision: float16 arrays as they are, bfloat16 ones as
 their uint16 bits, with ``bf`` (a sum of ``BF_X``, ``BF_T``, ``BF_W``, ``BF_P``, ``BF_G``) saying
-which arrays hold such bits (see ``cuda_kernels``).
+which arrays hold such bits (see ``cuda_kernels``). The kernels compute in float64 for float64
+inputs and in float32 for every other input (``compute_dtype``).
 """
 
 import warnings
@@ -15,7 +16,7 @@ import numpy as np
 from . import cuda_kernels as k
 from .cuda_kernels import BF_G, BF_P, BF_T, BF_W, BF_X, IMPORT_ERROR, SIM, cuda
 
-__all__ = ["AVAILABLE", "WHY_UNAVAILABLE", "SIM", "cuda", "label_weight_denominator", "launch",
+__all__ = ["AVAILABLE", "WHY_UNAVAILABLE", "SIM", "cuda", "compute_dtype", "label_weight_denominator", "launch",
            "BF_X", "BF_T", "BF_W", "BF_P", "BF_G"]
 
 _HOW = ("install fastloss[cuda] (numba-cuda) and run on an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 "
@@ -44,6 +45,13 @@ def __getattr__(name):
         globals()["AVAILABLE"], globals()["WHY_UNAVAILABLE"] = ok, why
         return ok if name == "AVAILABLE" else why
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def compute_dtype(dtype):
+    """The precision the kernels compute in for inputs of ``dtype`` (as the kernels see it:
+    bfloat16 as uint16 bits): float64 for float64, float32 for everything else. Host arrays the
+    kernels read per item (``grad_output``) go up in it."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def _f(value):
@@ -93,7 +101,7 @@ def label_weight_denominator(labels, n_classes, ignore_index, weight, stream, sc
     parts = scratch(nb, np.float64)
     with _quiet():
         k.kernel("label_weight", bf & BF_W)[nb, k.TPB, stream](labels, n_classes, ignore_index, w, parts)
-        k.finish_kernel[1, k.TPB, stream](parts, empty64, _f(1.0), den)
+        k.kernel("finish", 0)[1, k.TPB, stream](parts, empty64, _f(1.0), den)
     return den
 
 
@@ -109,27 +117,33 @@ def launch(kernel, x, t, args, grad, gscale, gscale_arr, gs_stride, den, loss_ou
     ``gscale_arr[i * gs_stride]`` when ``gscale_arr`` is given, divided by ``den``: the mean's
     denominator (1 for a sum), a float or ``label_weight_denominator``'s device array, which also
     divides ``result``. ``scratch(shape, dtype)`` allocates device arrays. ``bf``: which arrays
-    hold bfloat16 bits (``BF_X`` for ``x``, ``grad``, ``loss_out`` and ``result``)."""
-    cuda_kernel, kernel_args = k.kernel(kernel, bf), _ARGS[kernel]
+    hold bfloat16 bits (``BF_X`` for ``x``, ``grad``, ``loss_out`` and ``result``); the
+    precision follows ``x``'s dtype (``compute_dtype``)."""
+    F = compute_dtype(x.dtype).type
+    flags = bf | (k.F64 if F is np.float64 else 0)
+    cuda_kernel, kernel_args = k.kernel(kernel, flags), _ARGS[kernel]
     empty = cuda.device_array(0, x.dtype, stream=stream)
     empty64 = cuda.device_array(0, np.float64, stream=stream)
     rows = x.ndim == 2
     if grad is None:
         grad = cuda.device_array((0, 0), x.dtype, stream=stream) if rows else empty
     loss_out = loss_out if loss_out is not None else empty
-    gscale_arr = gscale_arr if gscale_arr is not None else empty64
+    gscale_arr = gscale_arr if gscale_arr is not None else cuda.device_array(0, F, stream=stream)
     den_host = 1.0
     if isinstance(den, float):  # the kernels then scale by gscale alone
         with np.errstate(divide="ignore", invalid="ignore"):
             gscale = float(np.float64(gscale) / den)
         den, den_host = empty64, den
     args = kernel_args(*(empty if a is None else a for a in args))
+    with np.errstate(over="ignore"):  # float scalars in the kernels' precision, rounded once here
+        args = tuple(F(a) if isinstance(a, np.floating) else a for a in args)
+        gscale = F(gscale)
 
     width = k.row_width(x.shape[1]) if rows else 1
     nb = k.grid(-(-x.shape[0] // (k.TPB // width)))
     parts = scratch(nb, np.float64)
     tail = (den, loss_out, parts, width) if rows else (loss_out, parts)
     with _quiet():
-        cuda_kernel[nb, k.TPB, stream](x, t, *args, grad, _f(gscale), gscale_arr, gs_stride, *tail)
+        cuda_kernel[nb, k.TPB, stream](x, t, *args, grad, gscale, gscale_arr, gs_stride, *tail)
         if result is not None:
             k.kernel("finish", bf & BF_X)[1, k.TPB, stream](parts, den, _f(den_host), result)
