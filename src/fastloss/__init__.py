@@ -8,6 +8,7 @@ from ._api import public_functions as _public_functions
 from ._config import show_config
 from ._dispatch import BackendUnavailable
 from ._include import get_include
+from ._linear import linear_softmax_xent, linear_softmax_xent_and_grad
 from ._specs import SPECS as _SPECS
 from ._threads import get_num_threads, set_num_threads
 
@@ -19,5 +20,5 @@ globals().update(_functions)
 LOSSES = tuple(_SPECS)
 
 __all__ = ["BackendUnavailable", "LOSSES", "get_include", "get_num_threads", "set_num_threads", "show_config",
-           *_functions]
+           "linear_softmax_xent", "linear_softmax_xent_and_grad", *_functions]
 del _functions

@@ -58,16 +58,22 @@ Importing ``fastloss`` never imports torch; only ``import fastloss.torch`` does.
 """
 
 import inspect
+import sys
 from typing import Optional
 
 import numpy as np
 import torch
 
 import fastloss as _fastloss
+from . import _torch_distributed as distributed
 from ._specs import ELEMENTS, SPECS
+from ._torch_linear import linear_cross_entropy
+
+# fastloss.torch.distributed (vocab_parallel_cross_entropy): importable by that name too
+sys.modules[__name__ + ".distributed"] = distributed
 
 __all__ = [
-    "cross_entropy", "binary_cross_entropy_with_logits", "huber_loss", "hinge_loss",
+    "linear_cross_entropy", "cross_entropy", "binary_cross_entropy_with_logits", "huber_loss", "hinge_loss",
     "multi_margin_loss", "mse_loss", "l1_loss", "kl_div", "smooth_l1_loss", "poisson_nll_loss",
     "sigmoid_focal_loss", "log_cosh_loss", "msle_loss", "cosine_similarity_loss",
     "CrossEntropyLoss", "BCEWithLogitsLoss", "HuberLoss", "HingeLoss", "MultiMarginLoss",
