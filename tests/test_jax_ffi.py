@@ -46,11 +46,11 @@ def assert_bitwise(ours, expected, what):
 
 
 @pytest.mark.parametrize("name,case", ALL_CASES, ids=[f"{n}-{case_id(c)}" for n, c in ALL_CASES])
-@pytest.mark.parametrize("shape", [(6, 7), (2, 3, 7)], ids=str)
-def test_bitwise_the_numpy_api(name, case, shape, dtype):
-    """jit(loss) and the vjp of every reduction, against fastloss.<loss>(_grad/_and_grad)."""
+def test_bitwise_the_numpy_api(name, case, dtype):
+    """jit(loss) and the vjp of every reduction, against fastloss.<loss>(_grad/_and_grad), on an
+    input with two leading dims."""
     seed, rng = seeded_rng()
-    x, t, opts = make_inputs(name, case, dtype, rng, shape=shape)
+    x, t, opts = make_inputs(name, case, dtype, rng, shape=(2, 3, 7))
     for reduction in SPECS[name].reductions:
         where = f"seed {seed}, {reduction}"
         f = getattr(fj, name)
