@@ -1078,12 +1078,19 @@ def _framework_header(report):
     return lines
 
 
-def _framework_table(rows, large):
-    """Text lines: a times table and a ratios table (each ratio with its target and met/NO)."""
+def _framework_columns(rows, large):
+    """(time labels, ratio keys, {ratio key: target text}) that some row of ``rows`` has."""
     labels = [label for label in _FRAMEWORK_LABELS if any(
         (r["twin"] if label == "twin" else label) in r["median_s"] for r in rows)]
-    keys = [f"{a}/{b}" for a, b, _ in (FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS)]
-    keys = [k for k in keys if any(k in r["ratios"] for r in rows)]
+    keys = [f"{a}/{b}" for a, b, _ in (FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS)
+            if any(f"{a}/{b}" in r["ratios"] for r in rows)]
+    targets = {k: next((r["targets"][k] for r in rows if k in r["targets"]), "") for k in keys}
+    return labels, keys, targets
+
+
+def _framework_table(rows, large):
+    """Text lines: a times table and a ratios table (each ratio with its target and met/NO)."""
+    labels, keys, targets = _framework_columns(rows, large)
     head = f"{'loss':17s} {'shape':>11s}"
     lines = [head + "".join(f" {('donated' if l == 'fl.jax donated' else l):>11s}" for l in labels)
              + ("  twin is" if "twin" in labels else "")]
@@ -1092,7 +1099,6 @@ def _framework_table(rows, large):
         lines.append(f"{r['loss']:17s} {'x'.join(map(str, r['shape'])):>11s}"
                      + "".join(f" {_fmt_time(c) if c is not None else '-':>11s}" for c in cells)
                      + (f"  {r['twin'] or '-'}" if "twin" in labels else ""))
-    targets = {k: next((r["targets"][k] for r in rows if k in r["targets"]), "") for k in keys}
     width = [max(len(k), len(targets[k]) + 2, 10) for k in keys]
     lines += ["", f"{'ratios':17s} {'':>11s}" + "".join(f" {k:>{w}s}" for k, w in zip(keys, width)),
               f"{'(target)':17s} {'':>11s}" + "".join(
@@ -1136,11 +1142,7 @@ def format_frameworks_markdown(report):
                                 report["small"]["results"], False)):
         if not rows:
             continue
-        labels = [label for label in _FRAMEWORK_LABELS if any(
-            (r["twin"] if label == "twin" else label) in r["median_s"] for r in rows)]
-        keys = [f"{a}/{b}" for a, b, _ in (FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS)
-                if any(f"{a}/{b}" in r["ratios"] for r in rows)]
-        targets = {k: next((r["targets"][k] for r in rows if k in r["targets"]), "") for k in keys}
+        labels, keys, targets = _framework_columns(rows, large)
         if title:
             lines += [title, ""]
         lines += ["| loss | shape | " + " | ".join(labels) + " | " + " | ".join(
