@@ -158,12 +158,12 @@ cdef inline int _float_kind(XLA_FFI_DataType dt, bint* f32, int* half) noexcept 
 
 cdef double _read_real(const XLA_FFI_Buffer* buf, Py_ssize_t i) noexcept nogil:
     """Element i of a float buffer as a double."""
-    if buf.dtype == XLA_FFI_DataType_F32:
-        return (<const float*>buf.data)[i]
-    if buf.dtype == XLA_FFI_DataType_F64:
-        return (<const double*>buf.data)[i]
-    return fl_half_to_float(HALF_BF16 if buf.dtype == XLA_FFI_DataType_BF16 else HALF_F16,
-                            (<const uint16_t*>buf.data)[i])
+    cdef bint f32
+    cdef int half
+    _float_kind(buf.dtype, &f32, &half)
+    if half:
+        return fl_half_to_float(half, (<const uint16_t*>buf.data)[i])
+    return (<const float*>buf.data)[i] if f32 else (<const double*>buf.data)[i]
 
 
 cdef bint _labels_to_int64(const XLA_FFI_Buffer* buf, Py_ssize_t off, Py_ssize_t n, int64_t* dst,
@@ -220,7 +220,7 @@ cdef XLA_FFI_Error* _xla_execute(XLA_FFI_CallFrame* f) noexcept nogil:
     cdef Py_ssize_t i, k, B, n, n_w = 0, n_pw = 0, n_go = 0, bad
     cdef int64_t iv
     cdef double dv, value, g0
-    cdef bint f32, labels, rows
+    cdef bint f32, t_f32, labels, rows
     cdef int half, esize, t_half
     cdef int64_t* lab = NULL
     cdef double* gs = NULL
@@ -275,7 +275,7 @@ cdef XLA_FFI_Error* _xla_execute(XLA_FFI_CallFrame* f) noexcept nogil:
     esize = _float_kind(x.dtype, &f32, &half)
     if esize == 0 or x.rank < at.x_rank:
         return fl_xla_error(f, "fastloss: the input's type or rank is not the one traced")
-    labels = _float_kind(t.dtype, &rows, &t_half) == 0  # (rows and t_half: set just below)
+    labels = _float_kind(t.dtype, &t_f32, &t_half) == 0  # integer targets: class labels
     rows = at.loss != L_ELEMENTWISE
 
     # the batch (vmap's leading dims) and one member's call
@@ -354,13 +354,15 @@ cdef XLA_FFI_Error* _xla_execute(XLA_FFI_CallFrame* f) noexcept nogil:
 
 cdef void _write_real(const XLA_FFI_Buffer* buf, Py_ssize_t i, double v) noexcept nogil:
     """Element i of a float buffer = v, rounded once to its type."""
-    if buf.dtype == XLA_FFI_DataType_F32:
+    cdef bint f32
+    cdef int half
+    _float_kind(buf.dtype, &f32, &half)
+    if half:
+        (<uint16_t*>buf.data)[i] = fl_double_to_half(half, v)
+    elif f32:
         (<float*>buf.data)[i] = <float>v
-    elif buf.dtype == XLA_FFI_DataType_F64:
-        (<double*>buf.data)[i] = v
     else:
-        (<uint16_t*>buf.data)[i] = fl_double_to_half(HALF_BF16 if buf.dtype == XLA_FFI_DataType_BF16
-                                                     else HALF_F16, v)
+        (<double*>buf.data)[i] = v
 
 
 cdef XLA_FFI_Error* _bad_label(XLA_FFI_CallFrame* f, _Attrs at, const XLA_FFI_Buffer* t, Py_ssize_t pos,
