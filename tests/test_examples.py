@@ -65,7 +65,7 @@ def test_torch_char_lm(tmp_path):
     ends = {}
     for name in ("unfused", "fused"):
         first, last, ms = floats(rf"\b{name}: loss {number} -> {number} .*; {number} ms/step", out)
-        assert first == pytest.approx(fused0, rel=1e-5), out
+        assert first == pytest.approx(fused0, abs=5e-5), out
         assert last < first - 0.3, out  # the loss came down
         assert ms > 0
         ends[name] = last
