@@ -140,12 +140,13 @@ cdef inline Py_ssize_t _size(const XLA_FFI_Buffer* buf, int64_t first, int64_t s
 
 
 cdef inline int _float_kind(XLA_FFI_DataType dt, bint* f32, int* half) noexcept nogil:
-    """The Call's f32/half of a float buffer type; the element size in bytes, or 0."""
+    """The Call's f32/half of a float buffer type; the element size in bytes, or 0 (f32 and half
+    then read False, 0: every path sets them, which the compiler can see)."""
+    f32[0], half[0] = False, 0
     if dt == XLA_FFI_DataType_F32:
-        f32[0], half[0] = True, 0
+        f32[0] = True
         return 4
     if dt == XLA_FFI_DataType_F64:
-        f32[0], half[0] = False, 0
         return 8
     if dt == XLA_FFI_DataType_F16:
         f32[0], half[0] = True, HALF_F16
