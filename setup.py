@@ -127,6 +127,11 @@ class BuildExt(build_ext):
     """build_ext that picks optimisation, OpenMP and ISA flags per compiler and drops the
     AVX2 variant where it cannot be built."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:  # the three ISA builds are independent: one compiler per core
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         debug = _env_flag("FASTLOSS_DEBUG")
@@ -139,7 +144,8 @@ class BuildExt(build_ext):
             # -ffp-contract=off: no implicit a*b+c -> fma (it changes results such as w*lse - w*x,
             # which must be exactly 0 where the reference's is); fl_vecmath.h asks for fma explicitly
             # in its polynomials (FL_FMA), where it only adds accuracy.
-            base = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math",
+            # -g0: Python's own CFLAGS ask for debug info, which triples the wheel
+            base = ["-O0", "-g"] if debug else ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math",
                                                 "-ffp-contract=off"]
             isa_flags = {"avx2": ["-mavx2", "-mfma", "-mf16c"],
                          "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512dq", "-mavx512bw",

@@ -1,5 +1,7 @@
 """Session setup shared by every test module: Numba's CUDA simulator, where it is on
-(``NUMBA_ENABLE_CUDASIM=1``), made faster and thread-safe for the ``cuda`` tests."""
+(``NUMBA_ENABLE_CUDASIM=1``), made faster and thread-safe for the ``cuda`` tests; with
+``FASTLOSS_TEST_INSTALLED=1`` (tools/check.sh), a check that the package under test is the
+installed wheel, not the source tree."""
 
 import os
 import sys
@@ -11,6 +13,17 @@ import pytest
 from cases import BACKENDS, backend_or_skip
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
+
+
+def pytest_configure(config):
+    if os.environ.get("FASTLOSS_TEST_INSTALLED", "0").strip() in ("", "0"):
+        return
+    import fastloss
+
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = os.path.abspath(fastloss.__file__)
+    if where.startswith(tree + os.sep):
+        raise pytest.UsageError(f"FASTLOSS_TEST_INSTALLED: fastloss was imported from the source tree ({where})")
 
 
 def _thread_safe_shared_arrays():
