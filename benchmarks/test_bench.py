@@ -3,12 +3,17 @@
 JAX ``jit``) on the same inputs.
 
 Normal test runs execute each case once as a smoke test (``--benchmark-disable`` in
-pyproject.toml). To measure: ``python -m pytest benchmarks --benchmark-enable``; set
+pyproject.toml): every loss x entry point x backend once, at 32x10 float32, the peers through
+``test_framework_twins_agree`` (which checks their values too). To measure: ``python -m pytest
+benchmarks --benchmark-enable`` (every shape and dtype, ``test_peer`` too); set
 ``FASTLOSS_BENCH_LARGE=1`` for the large shapes of ``python -m fastloss.bench``.
 """
 
+import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,8 +29,25 @@ ENTRIES = ("loss", "grad", "loss_and_grad")
 SUFFIX = {"loss": "", "grad": "_grad", "loss_and_grad": "_and_grad"}
 
 
-@pytest.mark.parametrize("dtype", ("float32", "float64"))
-@pytest.mark.parametrize("shape", SHAPES[LARGE], ids=lambda s: "x".join(map(str, s)))
+def _measuring(config):
+    """--benchmark-enable or FASTLOSS_BENCH_LARGE=1: the benchmarks are timed, not only smoke-run."""
+    disabled = config.getoption("benchmark_disable", False) and not config.getoption("benchmark_enable", False)
+    return LARGE or not disabled
+
+
+def pytest_generate_tests(metafunc):
+    """Shapes and dtypes of test_backend and test_peer: all of them when measuring; for a smoke
+    run (one call per case) the smallest shape in float32, which still runs every loss, entry
+    point and backend once (compiling each shape and dtype on Numba would take minutes)."""
+    if metafunc.function.__name__ not in ("test_backend", "test_peer"):
+        return
+    measuring = _measuring(metafunc.config)
+    shapes = SHAPES[LARGE] if measuring else SHAPES[False][:1]
+    dtypes = ("float32", "float64") if measuring and metafunc.function.__name__ == "test_backend" else ("float32",)
+    metafunc.parametrize("shape", shapes, ids=lambda s: "x".join(map(str, s)))
+    metafunc.parametrize("dtype", dtypes)
+
+
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("backend", ("numpy", "cython", "numba"))
 @pytest.mark.parametrize("name", list(SPECS))
@@ -42,12 +64,13 @@ def test_backend(benchmark, name, backend, entry, shape, dtype):
     benchmark(func, x, t, **kwargs)
 
 
-@pytest.mark.parametrize("dtype", ("float32",))
-@pytest.mark.parametrize("shape", SHAPES[LARGE], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("peer", ("torch", "jax"))
 @pytest.mark.parametrize("name", list(SPECS))
-def test_peer(benchmark, name, peer, shape, dtype):
-    """Forward + backward of the same loss in a peer framework, in the loss_and_grad group."""
+def test_peer(request, benchmark, name, peer, shape, dtype):
+    """Forward + backward of the same loss in a peer framework, in the loss_and_grad group. Only
+    when measuring: a smoke run calls every one of these steps in test_framework_twins_agree."""
+    if not _measuring(request.config):
+        pytest.skip("smoke run: test_framework_twins_agree calls every peer step (and checks it)")
     pytest.importorskip(peer)
     x, t = bench.make_problem(name, shape, np.dtype(dtype), np.random.default_rng())
     peers = bench._peers(name, x, t)
@@ -73,10 +96,12 @@ def test_copy_probes():
             assert not dst[:lo].any() and not dst[hi:].any()
 
 
-def test_small_table(tmp_path, capsys):
+def test_small_table(tmp_path, capsys, monkeypatch):
     """--small: every row agrees with its NumPy twin and is timed (the structure, not the timings)."""
+    run_small = bench.run_small
     path = tmp_path / "small.json"
-    bench.main(["--small", "--rounds", "1", "--json", str(path)])
+    monkeypatch.setattr(bench, "run_small", lambda rounds: run_small(rounds, min_seconds=1e-4))  # no 10 ms loops
+    bench.main(["--small", "--rounds", "1", "--quiet", "--json", str(path)])
     report = json.loads(path.read_text())
     backends = [b for b in ("cython", "numba") if available(b)]
     cases = bench.small_cases(np.random.default_rng())
@@ -98,7 +123,7 @@ FRAMEWORK_LOSSES = ("softmax_xent", "multiclass_hinge", "mse", "mae", "hinge", "
 def _frameworks_json(tmp_path, monkeypatch, losses=FRAMEWORK_LOSSES):
     monkeypatch.setattr(bench, "QUICK", TINY)
     path = tmp_path / "frameworks.json"
-    bench.main(["--frameworks", "--quick", "--rounds", "1", "--json", str(path)]
+    bench.main(["--frameworks", "--quick", "--rounds", "1", "--quiet", "--json", str(path)]
                + [a for name in losses for a in ("--loss", name)])
     return json.loads(path.read_text())
 
@@ -173,14 +198,9 @@ def test_framework_twins_agree(name):
     rng = np.random.default_rng(0)
     x, t = bench.make_problem(name, (32, 10), np.float32, rng)
     want = getattr(fastloss, name + "_and_grad")(x, t)
-    steps = {}
-    if bench._importable("torch"):
-        steps.update(bench._torch_steps(name, x, t))
-    if bench._importable("jax"):
-        twins = {"jax": bench._jax_loss(name)}
-        if bench._importable("optax"):
-            twins["optax"] = bench._optax_loss(name)
-        steps.update(bench._jax_steps(name, x, t, twins, fl=False))
+    steps = bench._peers(name, x, t)  # the main table's (test_peer's) steps: torch, fl.torch, jax (optax, fl.jax)
+    if bench._importable("optax") and "optax" not in steps:
+        steps.update(bench._jax_steps(name, x, t, {"optax": bench._optax_loss(name)}, fl=False))
     if not steps:
         pytest.skip("no torch or jax")
     for label, step in steps.items():
@@ -196,3 +216,85 @@ def test_prepared_arguments_untimed():
     step = bench.Prepared(lambda: (made.append(len(made)) or len(made),), lambda k: used.append(k))
     bench.time_interleaved({"prepared": step, "plain": lambda: None}, rounds=2, min_seconds=1e-4)
     assert made and used == list(range(1, len(made) + 1))
+
+
+# ---- progress on stderr, and no peer log noise -----------------------------------------------------
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _timed_with_progress(monkeypatch, stream):
+    """Two workloads through time_interleaved with a Progress on ``stream``; what it wrote."""
+    plan = [("a 32x10", 0.01, 2, (32, 10), 2), ("b 32x10", 0.01, 2, (32, 10), 2)]
+    progress = bench.Progress(plan, stream)
+    monkeypatch.setattr(bench, "_PROGRESS", progress)
+    progress.begin("fastloss bench: " + bench._plan_header(plan, 1))
+    for what in ("a 32x10", "b 32x10"):
+        bench.time_interleaved({"x": lambda: None, "y": lambda: None}, rounds=2, min_seconds=1e-4, what=what)
+    progress.finish()
+    return stream.getvalue()
+
+
+def test_progress_piped(monkeypatch):
+    """Not a terminal: plain lines, the plan and its estimate first, one line per workload."""
+    lines = _timed_with_progress(monkeypatch, io.StringIO()).splitlines()
+    assert "\r" not in "".join(lines) and "\x1b" not in "".join(lines)
+    assert lines[0].startswith("fastloss bench: timing 2 workloads (4 candidate rows), 32x10, 1 threads, 2 rounds")
+    assert "; estimated " in lines[0]
+    assert lines[1].startswith("[1/2] a 32x10 (2 x 2 rounds);") and "left" in lines[1]
+    assert lines[2].startswith("[2/2] b 32x10") and lines[3].startswith("done: 2 workloads in ")
+    assert len(lines) == 4
+
+
+def test_progress_terminal(monkeypatch):
+    """A terminal: one line rewritten with \\r (bar, k/n, elapsed, time left, what), then a plain end."""
+    text = _timed_with_progress(monkeypatch, _Terminal())
+    updates = text.split("\r")
+    assert len(updates) > 4
+    assert any("] 1/2 " in u and "left: a 32x10 (round 2/2)" in u for u in updates)
+    assert any("] 2/2 " in u and "b 32x10" in u for u in updates)
+    assert "estimated" in text.splitlines()[0] and updates[-1].strip().startswith("done: 2 workloads")
+
+
+def test_plan_covers_the_run(monkeypatch):
+    """plan_report lists what time_interleaved times, in order, with positive estimates."""
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    seen = []
+    monkeypatch.setattr(bench, "_PROGRESS", bench.Progress([], io.StringIO()))
+    monkeypatch.setattr(bench.Progress, "start", lambda self, what, *a: seen.append(what) or setattr(self, "what", what))
+    monkeypatch.setattr(bench.Progress, "round", lambda *a: None)
+    monkeypatch.setattr(bench.Progress, "done", lambda self: None)
+    bench.run_frameworks(True, ["mse", "softmax_xent"], rounds=1, min_seconds=1e-4)
+    plan = bench.plan_report(frameworks=True, quick=True, losses=["mse", "softmax_xent"], rounds=1)
+    assert [p[0] for p in plan] == seen and all(p[1] > 0 for p in plan)
+
+
+_CLI = """
+import sys
+from fastloss import bench
+bench.QUICK = {tiny!r}
+bench.main(["--quick", "--rounds", "1", "--loss", "mse"])
+# what alarmed in the full report: XLA constant-folds optax's gradient at 1000000x10 (seconds)
+import numpy as np
+x, t = bench.make_problem("softmax_xent", (1_000_000, 10), np.float32, np.random.default_rng())
+bench._jax_steps("softmax_xent", x, t, {{"optax": bench._optax_loss("softmax_xent")}}, fl=False)["optax"]()
+"""
+
+
+def test_cli_progress_and_no_peer_noise():
+    """python -m fastloss.bench piped, with jax: the report on stdout, plain progress lines on
+    stderr, and none of XLA's slow_operation_alarm (what the first full report showed)."""
+    pytest.importorskip("optax")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TORCH_CPP_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", _CLI.format(tiny=TINY)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
+    for noise in ("slow_operation_alarm", "Constant folding", "Warning"):
+        assert noise not in out and noise not in err, err
+    assert out.startswith("fastloss bench: ") and "mse" in out
+    lines = err.splitlines()
+    assert "\r" not in err and "estimated" in lines[0] and lines[1].startswith("[1/1] mse 16x40")
+    assert lines[-1].startswith("done: 1 workloads in ")

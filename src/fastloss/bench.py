@@ -17,6 +17,7 @@ names and measures.
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -288,7 +289,16 @@ def _jax_steps(name, x, t, twins, fl=True, donated=False):
     """JAX under ``jit(value_and_grad)``, each a zero-argument call returning (loss, grad) once
     ready: ``twins`` ({label: loss function}, None values skipped), 'fl.jax' (fastloss.jax) with
     ``fl``, and with ``donated`` 'fl.jax donated' (``inplace_grad=True`` under
-    ``donate_argnums=0``, a ``Prepared``). {} without jax."""
+    ``donate_argnums=0``, a ``Prepared``). {} without jax.
+
+    The inputs are arguments of the jitted step, not constants closed over. XLA still
+    constant-folds the part of a gradient that does not depend on them: value_and_grad's seed is
+    the constant 1, the mean's backward spreads it as 1/N, and where the loss gathers (optax's
+    softmax_cross_entropy_with_integer_labels ``take``s the label logits) its backward is a
+    scatter-add of those constants, which at 1000000x10 XLA evaluates at compile time (seconds,
+    with a slow_operation_alarm on stderr: ``silence_peers``). That is what an optax user's step
+    compiles too, and it is compiled in the untimed warm-up, so the step is left as it is (a seed
+    passed as an argument would make fl.jax's backward multiply its whole gradient by it)."""
     if not _importable("jax"):
         return {}
     import jax
@@ -322,13 +332,17 @@ def _importable(module):
     return importlib.util.find_spec(module) is not None
 
 
-def time_interleaved(funcs, rounds, min_seconds=2e-3):
+def time_interleaved(funcs, rounds, min_seconds=2e-3, what=None):
     """Median seconds per call of each function, the rounds interleaved (in an order rotated each
     round) so that noise from other tenants hits every candidate alike. Fast calls (under
     ``min_seconds``) are repeated within a round, after one untimed call: what is timed is a hot
     loop, whose thread pools are awake (after another candidate ran, waking a sleeping pool can
     take milliseconds on a loaded machine, which would swamp a call of microseconds). A
-    ``Prepared`` candidate's arguments are made before each call, untimed."""
+    ``Prepared`` candidate's arguments are made before each call, untimed. ``what`` (the
+    workload, e.g. "mse 4096x8192") is what the report's progress line says is being timed."""
+    progress = _PROGRESS if what is not None else None
+    if progress:
+        progress.start(what, len(funcs), rounds)
     reps = {}
     for label, f in funcs.items():
         f()  # warm up: compile, allocate, fault pages in
@@ -339,11 +353,132 @@ def time_interleaved(funcs, rounds, min_seconds=2e-3):
     samples = {label: [] for label in funcs}
     labels = list(funcs)
     for r in range(rounds):
+        t0 = time.perf_counter()
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:  # rotated: no one always first
             if reps[label] > 1:
                 funcs[label]()
             samples[label].append(_seconds_per_call(funcs[label], reps[label]))
+        if progress:
+            progress.round(r + 1, rounds, time.perf_counter() - t0)
+    if progress:
+        progress.done()
     return {label: float(np.median(s)) for label, s in samples.items()}
+
+
+# ---- progress: what is being timed, how far it has got, how long the rest will take (stderr) -----
+
+_PROGRESS = None  # the running report's Progress (set by main); None: silent, as a library call is
+
+PLAN_SLOWDOWN = 5  # a typical candidate's call, in copies of its bytes (fastloss ~1-2, NumPy and the frameworks ~10)
+PLAN_FIRST_CALL_S = 0.5  # a candidate's first calls: Numba's or XLA's compilation, faulting pages in
+PLAN_FRESH_PROCESS_S = 4.0  # numba's time to first result: a fresh Python, fastloss imported, one kernel compiled
+
+
+def planned_seconds(nbytes, candidates, rounds, min_seconds=2e-3, bandwidth_gbps=10.0):
+    """What ``time_interleaved`` of ``candidates`` calls moving ``nbytes`` each should take, from
+    the plan alone: each call ``PLAN_SLOWDOWN`` times a copy of its bytes at the measured copy
+    bandwidth; every sample at least ``min_seconds`` (fast calls are repeated); per candidate a
+    few untimed calls (warm-up, the repeat count) and ``PLAN_FIRST_CALL_S`` of compilation."""
+    call = PLAN_SLOWDOWN * nbytes / (bandwidth_gbps * 1e9)
+    return candidates * (rounds * (max(call, min_seconds) + call) + 3 * call + PLAN_FIRST_CALL_S)
+
+
+class Progress:
+    """The bench's progress on ``stream`` (stderr: stdout stays the report, e.g. piped to a file).
+    ``plan``: [(workload, planned seconds)] in the order they run (``plan_report``). ``begin``
+    says what will be timed and the estimate; then each workload's ``start``, ``round`` and
+    ``done`` (``time_interleaved`` calls them) update one line in place on a terminal (a bar,
+    k/n, elapsed, time left, what is timed now) or, on a pipe or file, print one plain line per
+    workload. The time left: the rest of the plan scaled by the elapsed time over the plan of the
+    workloads done (the first estimate is the plan's), the current workload's rounds still to run
+    times its last round's time once a round is timed."""
+
+    BAR = 20
+
+    def __init__(self, plan, stream=None):
+        self.plan = list(plan)
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+        self.k = 0  # workloads started
+        self.planned_done = self.elapsed_done = 0.0
+        self.what, self.started, self.left_here, self.frac, self.note = None, self.t0, None, 0.0, ""
+        self.width = 0  # of the line on the terminal now
+
+    def estimate(self):
+        return sum(p[1] for p in self.plan)
+
+    def begin(self, header):
+        self._line(f"{header}; estimated {_fmt_duration(self.estimate())} (from the plan: each call "
+                   f"{PLAN_SLOWDOWN}x a copy of its bytes, {PLAN_FIRST_CALL_S} s of compilation per candidate; "
+                   "refined as it runs)")
+
+    def start(self, what, candidates=None, rounds=None):
+        self.k += 1
+        self.what, self.started, self.left_here, self.frac = what, time.perf_counter(), None, 0.0
+        self.note = f"{candidates} x {rounds} rounds" if candidates else ""
+        if self.tty:
+            self._update()
+        else:
+            self._line(f"[{self.k}/{self._n()}] {what}{f' ({self.note})' if self.note else ''}; "
+                       f"{_fmt_duration(self.started - self.t0)} elapsed, about {_fmt_duration(self.left())} left")
+
+    def round(self, r, rounds, seconds):
+        self.left_here, self.frac = (rounds - r) * seconds, r / rounds
+        self.note = f"round {r}/{rounds}"
+        if self.tty:
+            self._update()
+
+    def done(self):
+        now = time.perf_counter()
+        if self.k <= len(self.plan):
+            self.planned_done += self.plan[self.k - 1][1]
+            self.elapsed_done = now - self.t0  # the time between workloads (making inputs) too
+        self.what = None
+
+    def left(self):
+        now = time.perf_counter()
+        scale = self.elapsed_done / self.planned_done if self.planned_done > 0 else 1.0
+        rest = scale * sum(p[1] for p in self.plan[self.k:])
+        if self.what is not None:
+            planned = self.plan[self.k - 1][1] if self.k <= len(self.plan) else 0.0
+            here = self.left_here if self.left_here is not None else planned * scale - (now - self.started)
+            rest += max(here, 0.0)
+        return rest
+
+    def finish(self):
+        total = time.perf_counter() - self.t0
+        self._line(f"done: {self.k} workloads in {_fmt_duration(total)} (estimated {_fmt_duration(self.estimate())} "
+                   "at the start)")
+
+    def clear(self):
+        """Take the terminal's progress line away (before the report prints)."""
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+    def _n(self):
+        return max(len(self.plan), self.k)
+
+    def _update(self):
+        n, elapsed = self._n(), time.perf_counter() - self.t0
+        filled = int(self.BAR * (self.k - 1 + self.frac) / n)
+        text = (f"[{'#' * filled}{'.' * (self.BAR - filled)}] {self.k}/{n} {_fmt_duration(elapsed)} elapsed, "
+                f"~{_fmt_duration(self.left())} left: {self.what}" + (f" ({self.note})" if self.note else ""))
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def _line(self, text):
+        self.clear()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt_duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 def _seconds_per_call(f, n):
@@ -375,7 +510,7 @@ def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
         shapes = sizes.get(name, sizes["elements"])
         for shape in shapes:
             x, t = make_problem(name, shape, dtype, rng)
-            times = time_interleaved(candidates(name, x, t), rounds)
+            times = time_interleaved(candidates(name, x, t), rounds, what=f"{name} {_shape_text(shape)}")
             nbytes = moved_bytes(x, t)
             for label, seconds in times.items():
                 rows.append(dict(loss=name, shape=list(shape), dtype=np.dtype(dtype).name, backend=label,
@@ -392,7 +527,7 @@ def run(quick=False, losses=None, dtype=np.float32, rounds=None, startup=False):
             x, t = make_problem("softmax_xent", shape, dtype, rng)
             funcs = {b: (lambda b=b: fastloss.softmax_xent(x, t, backend=b)) for b in ("numpy", "cython", "numba")
                      if available(b)}
-            times = time_interleaved(funcs, rounds)
+            times = time_interleaved(funcs, rounds, what=f"softmax_xent {_shape_text(shape)} forward only")
             nbytes = x.nbytes + t.nbytes
             forward += [dict(loss="softmax_xent", entry="loss", shape=list(shape), backend=b, median_s=sec,
                              gbps=nbytes / sec / 1e9, pct_read=100 * nbytes / sec / 1e9 / read_bw,
@@ -641,7 +776,7 @@ def run_small(rounds=None, min_seconds=1e-2):
             if not all(np.allclose(a, e, rtol=1e-4) for a, e in zip(got, want)):
                 raise RuntimeError(f"{name} ({label}): {b} and NumPy disagree: loss {got[0]} vs {want[0]}, "
                                    f"largest gradient difference {np.abs(got[1] - want[1]).max()}")
-        times = time_interleaved(funcs, rounds, min_seconds)
+        times = time_interleaved(funcs, rounds, min_seconds, what=f"--small {name} ({label})")
         rows += [dict(loss=name, options=label, backend=b, median_s=times[b], numpy_s=times["numpy"],
                       x_numpy=times["numpy"] / times[b], target_s=SMALL_TARGETS[b],
                       met=bool(times[b] <= min(SMALL_TARGETS[b], times["numpy"]))) for b in backends]
@@ -682,9 +817,13 @@ def startup_times(losses):
     import subprocess
     times = {}
     for name in losses:
+        if _PROGRESS:
+            _PROGRESS.start(f"numba first call {name} (a fresh process)")
         out = subprocess.run([sys.executable, "-c", _FIRST_CALL.format(name=name)], capture_output=True,
                              text=True, check=True).stdout.split()
         times[name] = (float(out[0]), float(out[1]))
+        if _PROGRESS:
+            _PROGRESS.done()
     return times
 
 
@@ -745,7 +884,7 @@ def run_half(quick=False, rounds=None):
             for b in backends:
                 funcs[(b, dn)] = lambda x=x, t=t, out=out, b=b: fused(x, t, backend=b, out=out)
             del x, t
-        times = time_interleaved(funcs, rounds)
+        times = time_interleaved(funcs, rounds, what=f"half precision {name} {_shape_text(shape)}")
         for (b, dn), sec in times.items():
             rows.append(dict(loss=name, shape=list(shape), backend=b, dtype=dn, median_s=sec,
                              pct_copy=100 * nbytes[dn] / sec / 1e9 / bandwidth,
@@ -776,7 +915,8 @@ def _torch_half(shape, rounds, rng):
         return run
     times = time_interleaved({"fl.torch bf16": step(flt.cross_entropy, x16),
                               "F bf16": step(F.cross_entropy, x16),
-                              "fl.torch f32": step(flt.cross_entropy, x32)}, rounds)
+                              "fl.torch f32": step(flt.cross_entropy, x32)}, rounds,
+                             what=f"half precision fl.torch cross_entropy bf16 {_shape_text(shape)}")
     return dict(shape=list(shape), median_s=times,
                 x_F=times["F bf16"] / times["fl.torch bf16"],
                 of_f32=times["fl.torch bf16"] / times["fl.torch f32"])
@@ -879,7 +1019,7 @@ def _framework_workload(name, shape, rng, rounds, large, min_seconds=2e-3):
         got = scalar(f()[0])
         if not np.isclose(got, want, rtol=1e-3, atol=1e-6):
             notes.append(f"{label}'s loss {got:.6g} is not the kernel's {want:.6g}")
-    times = time_interleaved(funcs, rounds, min_seconds)
+    times = time_interleaved(funcs, rounds, min_seconds, what=f"frameworks {name} {_shape_text(shape)}")
     record = dict(loss=name, shape=list(shape), twin=twin, median_s=times, ratios={}, targets={}, met={}, notes=notes)
     for num, den, target in FRAMEWORK_RATIOS if large else SMALL_FRAMEWORK_RATIOS:
         if twin_label(num) in times and twin_label(den) in times:
@@ -1234,6 +1374,96 @@ def plot(report, path):
     fig.savefig(path, dpi=120)
 
 
+def _shape_text(shape):
+    return "x".join(map(str, shape))
+
+
+def _planned_bytes(name, shape, itemsize=4):
+    """moved_bytes of ``make_problem(name, shape)`` without making it: class labels (int64) or
+    targets the input's size."""
+    spec, n = SPECS[name], int(np.prod(shape))
+    labels = spec.layout == ROWS and spec.targets != VALUES
+    return 2 * n * itemsize + (8 * n // shape[-1] if labels else n * itemsize)
+
+
+def plan_report(small=False, half=False, frameworks=False, quick=False, losses=None, dtype=np.float32,
+                rounds=None, startup=False, whole=False, bandwidth_gbps=10.0):
+    """[(workload, planned seconds, candidates, shape, rounds)]: what ``main`` will time, in order,
+    each with ``planned_seconds`` at ``bandwidth_gbps`` (the arguments are main's; ``whole``: the
+    full report's half precision and frameworks sections after the main table)."""
+    has = {m: _importable(m) for m in ("torch", "jax", "optax")}
+    compiled = [b for b in ("cython", "numba") if available(b)]
+    plan = []
+
+    def add(what, shape, nbytes, candidates, r, min_seconds=2e-3):
+        plan.append((what, planned_seconds(nbytes, candidates, r, min_seconds, bandwidth_gbps), candidates,
+                     tuple(shape), r))
+    if small:
+        for name, label, x, *_ in small_cases(np.random.default_rng()):
+            add(f"--small {name} ({label})", x.shape, _planned_bytes(name, x.shape), 1 + len(compiled), rounds or 7, 1e-2)
+        return plan
+    if not (half or frameworks):
+        sizes, r, itemsize = QUICK if quick else FULL, rounds or (5 if quick else 11), np.dtype(dtype).itemsize
+        for name in losses or SPECS:
+            peers = 2 * has["torch"] + (has["jax"] and _jax_loss(name) is not None)  # as _peers
+            if name == "softmax_xent" and has["jax"]:
+                peers += 1 + has["optax"]  # fl.jax, optax
+            for shape in sizes.get(name, sizes["elements"]):
+                add(f"{name} {_shape_text(shape)}", shape, _planned_bytes(name, shape, itemsize),
+                    1 + len(compiled) + peers, r)
+        if "softmax_xent" in (losses or SPECS):
+            for shape in sizes["softmax_xent"][1:]:
+                add(f"softmax_xent {_shape_text(shape)} forward only", shape, _planned_bytes("softmax_xent", shape)
+                    - 4 * int(np.prod(shape)), 1 + len(compiled), r)
+        if startup and available("numba"):
+            plan += [(f"numba first call {name} (a fresh process)", PLAN_FRESH_PROCESS_S, 1, (32, 10), 1)
+                     for name in losses or SPECS]
+    if half or whole:
+        r, dtypes = rounds or (5 if quick else 9), 1 + len(_half_dtypes())
+        for name, (full, short, _) in HALF_WORKLOADS.items():
+            shape = short if quick else full
+            add(f"half precision {name} {_shape_text(shape)}", shape, _planned_bytes(name, shape),
+                len(compiled) * dtypes, r)
+        if has["torch"] and "bfloat16" in _half_dtypes():
+            shape = HALF_WORKLOADS["softmax_xent"][1 if quick else 0]
+            add(f"half precision fl.torch cross_entropy bf16 {_shape_text(shape)}", shape,
+                _planned_bytes("softmax_xent", shape), 3, r)
+    if frameworks or whole:
+        r, sizes = rounds or (5 if quick else 11), framework_sizes(quick)
+        names = _twin_losses((losses if frameworks else None) or SPECS)
+        for large in (True, False):
+            for name in names:
+                torch_rows = 2 * (has["torch"] and _torch_loss(name) is not None)
+                jax_rows = has["jax"] and (1 + (_jax_twin(name)[1] is not None) + large)
+                for shape in (sizes.get(name, sizes.get("elements", [])) if large else [(32, 10)]):
+                    add(f"frameworks {name} {_shape_text(shape)}", shape, _planned_bytes(name, shape),
+                        1 + large + torch_rows + jax_rows, r, 2e-3 if large else 1e-2)
+    return plan
+
+
+def _plan_header(plan, threads):
+    """'timing 41 workloads (263 candidate rows), 32x10 to 4096x32000, 2 threads, 5-11 rounds'."""
+    shapes = sorted({p[3] for p in plan}, key=lambda s: (int(np.prod(s)), s))
+    rounds = sorted({p[4] for p in plan})
+    return (f"timing {len(plan)} workloads ({sum(p[2] for p in plan)} candidate rows), "
+            + (f"{_shape_text(shapes[0])} to {_shape_text(shapes[-1])}" if len(shapes) > 1 else _shape_text(shapes[0]))
+            + f", {threads} threads, {rounds[0]}" + (f"-{rounds[-1]}" if len(rounds) > 1 else "") + " rounds")
+
+
+def silence_peers():
+    """Keep the frameworks' log noise out of the report (the command line calls it first): XLA's
+    C++ logs (absl; e.g. its 20-line slow_operation_alarm when it constant-folds optax's gradient
+    at 1000000x10, see ``_jax_steps``) with TF_CPP_MIN_LOG_LEVEL=3, read when jax is imported (the
+    "jax" Python logger is left alone: setting its level resets XLA's); torch's C++ logs with
+    TORCH_CPP_LOG_LEVEL=ERROR; Python warnings raised in torch, jax, jaxlib or optax. A value of
+    either variable already set is kept (set TF_CPP_MIN_LOG_LEVEL=0 to see XLA's logs); errors
+    still raise, and fastloss's and NumPy's warnings still show."""
+    import warnings
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", module=r"(torch|jax|jaxlib|optax)(\.|$)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastloss.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds: under a minute")
@@ -1255,6 +1485,8 @@ def main(argv=None):
     parser.add_argument("--markdown", metavar="JSON", help="print the large workloads of a kept JSON report "
                         "as a Markdown table (and its framework section's), and exit")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw %% of copy bandwidth (needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr (what is timed, how far it "
+                        "has got, the time left; a line updated in place on a terminal, plain lines otherwise)")
     args = parser.parse_args(argv)
     if (args.small or args.half or args.frameworks) and args.plot:
         parser.error("--plot draws the full report, not --small, --half or --frameworks")
@@ -1268,30 +1500,58 @@ def main(argv=None):
         if "frameworks" in kept:
             print("\n" + format_frameworks_markdown(kept["frameworks"]))
         return
+    silence_peers()
     if args.threads:
         fastloss.set_num_threads(args.threads)
-    if args.small:
-        report = run_small(args.rounds)
-        print(format_small(report))
-    elif args.half:
-        report = run_half(args.quick, args.rounds)
-        print(format_half(report))
-    elif args.frameworks:
-        report = run_frameworks(args.quick, args.loss, args.rounds)
-        print(format_frameworks(report))
-    else:
-        report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=not args.quick or args.startup)
-        print(format_table(report))
-        if not args.loss:  # the whole report: half precision and the frameworks too
-            report["half"] = run_half(args.quick, args.rounds)
-            print("\n" + format_half(report["half"]))
-            report["frameworks"] = run_frameworks(args.quick, rounds=args.rounds)
-            print("\n" + format_frameworks(report["frameworks"]))
+    global _PROGRESS
+    startup = not args.quick or args.startup
+    if not args.quiet:
+        threads = fastloss.get_num_threads()
+        plan = plan_report(args.small, args.half, args.frameworks, args.quick, args.loss, np.dtype(args.dtype),
+                           args.rounds, startup, whole=not (args.small or args.half or args.frameworks or args.loss),
+                           bandwidth_gbps=max(copy_bandwidths(threads, 1 << 26, 3).values()))
+        _PROGRESS = Progress(plan)
+        _PROGRESS.begin("fastloss bench: " + _plan_header(plan, threads))
+
+    def show(text):
+        if _PROGRESS:
+            _PROGRESS.clear()
+        print(text, flush=True)
+    try:
+        report = _run_main(args, startup, show)
+        if _PROGRESS:
+            _PROGRESS.finish()
+    finally:
+        if _PROGRESS:
+            _PROGRESS.clear()
+        _PROGRESS = None
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     if args.plot:
         plot(report, args.plot)
+
+
+def _run_main(args, startup, show):
+    """The report ``args`` ask for, each section shown as it is done."""
+    if args.small:
+        report = run_small(args.rounds)
+        show(format_small(report))
+    elif args.half:
+        report = run_half(args.quick, args.rounds)
+        show(format_half(report))
+    elif args.frameworks:
+        report = run_frameworks(args.quick, args.loss, args.rounds)
+        show(format_frameworks(report))
+    else:
+        report = run(args.quick, args.loss, np.dtype(args.dtype), args.rounds, startup=startup)
+        show(format_table(report))
+        if not args.loss:  # the whole report: half precision and the frameworks too
+            report["half"] = run_half(args.quick, args.rounds)
+            show("\n" + format_half(report["half"]))
+            report["frameworks"] = run_frameworks(args.quick, rounds=args.rounds)
+            show("\n" + format_frameworks(report["frameworks"]))
+    return report
 
 
 if __name__ == "__main__":
